@@ -1,0 +1,162 @@
+"""The method adapter contract and the method registry.
+
+A method is one file in ``methods/`` that defines a hyperparameter dataclass and an
+adapter class decorated with ``@register_method``.  The training core
+(``harness.train``) reads the adapter's capability attributes to decide what to
+load and compute (reference model or not, which data segments, reward head or LM
+head) and calls ``objective`` with per-sequence log-probs; the objective is built
+from the pure functions in ``harness.losses``.
+
+    harness methods      # lists every registered adapter
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+from harness.registry import Registry
+
+
+class DataKind(str, Enum):
+    """What a method consumes; the data layer turns any source into one of these."""
+
+    SFT = "sft"  # prompt + completion (NLL on the completion)
+    PAIRED = "paired"  # prompt + chosen + rejected
+    UNPAIRED = "unpaired"  # prompt + completion + desirable label
+    PROMPT = "prompt"  # prompts only (online / iterative methods generate their own)
+
+
+#: the sequence segments the core forwards for each data kind (one concatenated forward)
+SEGMENTS: dict[DataKind, tuple[str, ...]] = {
+    DataKind.SFT: ("completion",),
+    DataKind.PAIRED: ("chosen", "rejected"),
+    # "kl": the prompt of example i with the completion of another example (KTO's KL baseline)
+    DataKind.UNPAIRED: ("completion", "kl"),
+    DataKind.PROMPT: (),
+}
+
+
+@dataclass(frozen=True)
+class Paper:
+    title: str
+    arxiv: str
+    authors: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.title} (arXiv:{self.arxiv})"
+
+
+@dataclass
+class SeqOut:
+    """Per-sequence results of one forward for one segment (all tensors shape [B])."""
+
+    #: sum of log p(y_t | x, y_<t) over completion tokens
+    logps: torch.Tensor
+    #: number of completion tokens
+    n_tokens: torch.Tensor
+    #: scalar head output (reward models), else None
+    score: torch.Tensor | None = None
+    #: desirable flags of unpaired data (KTO), else None
+    label: torch.Tensor | None = None
+
+    @property
+    def mean_logps(self) -> torch.Tensor:
+        return self.logps / self.n_tokens.clamp(min=1)
+
+
+@dataclass
+class Normalizer:
+    """Sizes of the whole optimizer step (all micro-batches), so that objectives divide
+    by global counts and gradient accumulation gives the same gradient as one big batch."""
+
+    sequences: int
+    tokens: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ObjectiveOutput:
+    #: this micro-batch's share of the step loss (already divided by the Normalizer's counts)
+    loss: torch.Tensor
+    #: per-example values to log, each shape [B]; the core averages them over the step
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class MethodAdapter(Protocol):
+    name: ClassVar[str]
+    paper: ClassVar[Paper]
+    data_kind: ClassVar[DataKind]
+    needs_reference: ClassVar[bool]
+    #: "causal_lm" trains the LM head; "reward" a scalar sequence-classification head
+    model_kind: ClassVar[str]
+    config_cls: ClassVar[type]
+
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        """Default Optuna search space: ``{"method.beta": trial.suggest_float(...)}``."""
+        ...
+
+    def objective(
+        self,
+        hp: Any,
+        policy: dict[str, SeqOut],
+        reference: dict[str, torch.Tensor] | None,
+        norm: Normalizer,
+    ) -> ObjectiveOutput: ...
+
+
+METHODS: Registry[MethodAdapter] = Registry("method")
+
+
+def register_method(cls: type) -> type:
+    """Class decorator: instantiate the adapter and add it to ``METHODS``."""
+    missing = [
+        a
+        for a in ("name", "paper", "data_kind", "needs_reference", "model_kind", "config_cls")
+        if not hasattr(cls, a)
+    ]
+    if missing:
+        raise TypeError(f"method adapter {cls.__name__} lacks {', '.join(missing)}")
+    METHODS.register(cls.name)(cls())
+    return cls
+
+
+_loaded = False
+
+
+def load_methods() -> None:
+    """Import every module of the ``methods`` package so their decorators run."""
+    global _loaded
+    if _loaded:
+        return
+    import methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"methods.{info.name}")
+    _loaded = True
+
+
+def hp_defaults(adapter: MethodAdapter) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(adapter.config_cls(), f.name) for f in dataclasses.fields(adapter.config_cls)}
+
+
+def pairwise_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+    """TRL-style per-pair metrics from implicit (or reward-model) rewards, each shape [B]."""
+    return {
+        "rewards/chosen": chosen_rewards.detach(),
+        "rewards/rejected": rejected_rewards.detach(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).detach(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+    }
+
+
+def suggest_lr(trial: Any, low: float = 1e-5, high: float = 1e-3) -> dict[str, Any]:
+    return {"train.lr": trial.suggest_float("train.lr", low, high, log=True)}

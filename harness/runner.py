@@ -1,0 +1,319 @@
+"""Run one training job end to end: spec -> model, data, reference cache -> train -> save -> evaluate.
+
+    harness run method=dpo                      # CLI entry (harness.cli)
+    python -c "from harness.runner import execute; from harness.config import load_spec; execute(load_spec(None, ['method=dpo']))"
+
+Writes ``runs/<name>/`` through ``harness.store`` and keeps its status true to what
+happened: ``completed``, ``failed`` (with the error), ``interrupted`` (Ctrl-C) or
+``pruned`` (a sweep's pruner stopped it).  Sweeps call :func:`execute` in a trial
+process with a pruning hook.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import toyworld
+from harness.batching import fingerprint, tokenize_records
+from harness.config import RunSpec, spec_to_dict
+from harness.methods_api import METHODS, SEGMENTS, DataKind, MethodAdapter, load_methods
+from harness.store import Run
+from harness.train import (
+    LoopConfig,
+    TrainHooks,
+    compute_reference_logps,
+    reference_logps,
+    total_steps_for,
+    train,
+    weights_fingerprint,
+)
+
+TOY_SPLIT = {DataKind.SFT: "sft", DataKind.PAIRED: "paired", DataKind.PROMPT: "prompts"}
+
+
+class SpecError(ValueError):
+    """The spec cannot run (found before any model loads)."""
+
+
+@dataclass
+class Prepared:
+    """What a run needs before training: resolved sources, tokenizer, tokenised splits."""
+
+    adapter: MethodAdapter
+    model_path: str
+    reference_path: str
+    tokenizer: Any
+    train_examples: list[dict[str, Any]]
+    eval_examples: list[dict[str, Any]]
+    data_desc: str
+    n_skipped: int
+
+
+def resolve_model_path(spec: RunSpec) -> str:
+    toy = toyworld.resolve_model(spec.model.name_or_path, size=spec.data.toy_size)
+    if toy is not None:
+        return str(toy)
+    return spec.model.name_or_path
+
+
+def resolve_data_source(spec: RunSpec, kind: DataKind) -> str:
+    if spec.data.source != "toy":
+        return spec.data.source
+    world = toyworld.ensure_world(size=spec.data.toy_size)
+    if kind == DataKind.UNPAIRED:
+        return str(world.unpaired_path(spec.data.desirable_fraction))
+    return str(world.split_path(TOY_SPLIT[kind]))
+
+
+def check_spec(spec: RunSpec) -> MethodAdapter:
+    """Cheap checks that need no model: local paths exist, sizes fit."""
+    load_methods()
+    adapter = METHODS.get(spec.method_name)
+    for label, value in (("model.name_or_path", spec.model.name_or_path), ("data.source", spec.data.source),
+                         ("model.reference", spec.model.reference)):
+        if value and (value.startswith((".", "/", "~")) or os.sep in value and Path(value).suffix) and not Path(value).expanduser().exists():
+            raise SpecError(f"{label}: {value!r} does not exist")
+    if spec.train.max_prompt_length >= spec.train.max_length:
+        raise SpecError(
+            f"train.max_prompt_length ({spec.train.max_prompt_length}) must be below train.max_length ({spec.train.max_length})"
+        )
+    if spec.model.reference and not adapter.needs_reference:
+        raise SpecError(f"model.reference is set but method {adapter.name!r} uses no reference model")
+    return adapter
+
+
+def prepare(spec: RunSpec) -> Prepared:
+    from transformers import AutoTokenizer
+
+    from harness.data import load_records
+
+    adapter = check_spec(spec)
+    kind = adapter.data_kind
+    source = resolve_data_source(spec, kind)
+    # data first: a malformed row should stop the run before any model loads
+    loaded = load_records(source, spec.data.split, kind, fmt=spec.data.format,
+                          max_samples=spec.data.max_samples, skip_bad_rows=spec.data.skip_bad_rows)
+    records = loaded.records
+    if spec.data.eval_split is not None:
+        eval_records = load_records(source, spec.data.eval_split, kind, fmt=spec.data.format,
+                                    skip_bad_rows=spec.data.skip_bad_rows).records
+    else:
+        # a fixed split (not the run seed) so every trial of a sweep sees the same held-out set
+        n_eval = int(len(records) * spec.data.eval_fraction)
+        g = torch.Generator().manual_seed(1234)
+        perm = torch.randperm(len(records), generator=g).tolist()
+        eval_records = [records[i] for i in perm[:n_eval]]
+        records = [records[i] for i in sorted(perm[n_eval:])]
+    model_path = resolve_model_path(spec)
+    tok = AutoTokenizer.from_pretrained(model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    t = spec.train
+    train_ex = tokenize_records(records, tok, kind, t.max_length, t.max_prompt_length)
+    eval_ex = tokenize_records(eval_records, tok, kind, t.max_length, t.max_prompt_length)
+    ref = spec.model.reference or model_path
+    if spec.model.reference:
+        ref = str(toyworld.resolve_model(spec.model.reference, size=spec.data.toy_size) or spec.model.reference)
+    return Prepared(adapter, model_path, ref, tok, train_ex, eval_ex, loaded.source, loaded.n_skipped)
+
+
+def load_model(path: str, spec: RunSpec, model_kind: str, pad_id: int) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kw: dict[str, Any] = {"revision": spec.model.revision, "trust_remote_code": spec.model.trust_remote_code,
+                          "dtype": torch.float32}
+    if model_kind == "reward":
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kw)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kw)
+    model.config.pad_token_id = pad_id
+    return model
+
+
+def make_accelerator(spec: RunSpec) -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator(
+        mixed_precision="bf16" if spec.train.precision == "bf16" else "no",
+        cpu=not torch.cuda.is_available(),
+    )
+
+
+def autocast_for(spec: RunSpec, device: torch.device) -> torch.autocast | None:
+    if spec.train.precision != "bf16":
+        return None
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def cache_dir(kind: str) -> Path:
+    return toyworld.cache_root() / kind
+
+
+def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Reference log-probs of train and eval examples (cached); loads a reference model
+    only when it differs from the policy's starting weights and the cache misses."""
+    adapter = prep.adapter
+    segs = SEGMENTS[adapter.data_kind]
+    info: dict[str, Any] = {"hits": 0, "misses": 0}
+    fp = weights_fingerprint(prep.reference_path)
+    same_as_policy = prep.reference_path == prep.model_path and spec.train.resume_from is None
+    ref_model: list[Any] = []
+
+    def ref() -> Any:
+        if same_as_policy:
+            return model  # the policy before its first update is the reference
+        if not ref_model:
+            ref_model.append(load_model(prep.reference_path, spec, "causal_lm", prep.tokenizer.pad_token_id).to(accelerator.device))
+        return ref_model[0]
+
+    out = []
+    for examples in (prep.train_examples, prep.eval_examples):
+        if not examples:
+            out.append(None)
+            continue
+        key = {"weights": fp, "data": fingerprint(examples), "segments": list(segs), "precision": spec.train.precision}
+        values, hit = reference_logps(
+            key,
+            lambda ex=examples: compute_reference_logps(ref(), ex, segs, prep.tokenizer.pad_token_id, 32,
+                                                        autocast_for(spec, accelerator.device), accelerator.device),
+            cache_dir("refcache") if spec.train.ref_cache else None,
+        )
+        info["hits" if hit else "misses"] += 1
+        out.append(values)
+    ref_model.clear()
+    return out[0], out[1], info
+
+
+def _open_run(spec: RunSpec) -> tuple[Run, Path | None]:
+    if spec.train.resume_from:
+        ckpt = Path(spec.train.resume_from)
+        if not (ckpt / "trainer_state.json").exists():
+            raise SpecError(f"train.resume_from: {str(ckpt)!r} is not a complete checkpoint (no trainer_state.json)")
+        return Run(ckpt.parent.parent), ckpt
+    return Run.create(spec.output_dir, spec.name, prefix=spec.method_name), None
+
+
+def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None = None) -> Run:
+    """Train (and evaluate) one run; returns its store handle.  Raises after recording failures."""
+    t_start = time.perf_counter()
+    adapter = check_spec(spec)
+    run, resume = _open_run(spec)
+    run.write_config(spec_to_dict(spec))
+    run.write_env()
+    run.set_status("running", pid=os.getpid(), host=os.uname().nodename)
+    tracker = _tracker(spec, run, tracking)
+    timing: dict[str, float] = {}
+    hooks = hooks or TrainHooks()
+    user_first_step = hooks.on_first_step
+
+    def first_step() -> None:
+        timing["setup_time_s"] = time.perf_counter() - t_start
+        if user_first_step:
+            user_first_step()
+
+    def on_log(row: dict[str, Any]) -> None:
+        tracker.log(row, step=int(row["step"]))
+
+    hooks = TrainHooks(on_eval=hooks.on_eval, on_log=on_log, on_first_step=first_step)
+    try:
+        torch.manual_seed(spec.seed)
+        prep = prepare(spec)
+        accelerator = make_accelerator(spec)
+        model = load_model(prep.model_path, spec, adapter.model_kind, prep.tokenizer.pad_token_id).to(accelerator.device)
+        ref_train = ref_eval = None
+        ref_info: dict[str, Any] = {}
+        if adapter.needs_reference:
+            ref_train, ref_eval, ref_info = compute_references(prep, spec, model, accelerator)
+        t = spec.train
+        total = total_steps_for(len(prep.train_examples), t.batch_size, t.grad_accum, accelerator.num_processes, t.epochs, t.max_steps)
+        cfg = LoopConfig(
+            lr=t.lr, schedule=t.schedule, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm, batch_size=t.batch_size, grad_accum=t.grad_accum, total_steps=total,
+            precision=t.precision, gradient_checkpointing=t.gradient_checkpointing, log_every=t.log_every,
+            eval_every=t.eval_every, save_every=t.save_every, seed=spec.seed, progress=t.progress,
+        )
+        result = train(
+            adapter=adapter, hp=spec.method.hp, model=model, accelerator=accelerator, cfg=cfg,
+            train_examples=prep.train_examples, eval_examples=prep.eval_examples, pad_id=prep.tokenizer.pad_token_id,
+            reference=ref_train, eval_reference=ref_eval, run=run, resume_from=resume, hooks=hooks,
+        )
+        t_after = time.perf_counter()
+        unwrapped = accelerator.unwrap_model(model)
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(run.final_dir)
+            prep.tokenizer.save_pretrained(run.final_dir)
+        summary: dict[str, Any] = {
+            "method": adapter.name, "status": "completed", "steps": result.steps,
+            "final_loss": result.losses[-1] if result.losses else None,
+            "final_metrics": result.final_metrics, "eval_loss_metrics": result.eval_metrics,
+            "train_time_s": result.train_time_s, "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
+            "peak_memory_mb": result.peak_memory_mb, "trainable_params": result.trainable_params,
+            "total_params": result.total_params,
+            "trainable_share": result.trainable_params / max(result.total_params, 1),
+            "n_train_examples": len(prep.train_examples), "n_eval_examples": len(prep.eval_examples),
+            "n_skipped_rows": prep.n_skipped, "data": prep.data_desc, "model_path": prep.model_path,
+            "reference_cache": ref_info, "setup_time_s": timing.get("setup_time_s"),
+            "device": str(accelerator.device),
+        }
+        if spec.eval.enabled:
+            summary["eval"] = _evaluate(run, spec, prep, unwrapped, tracker)
+        summary["teardown_time_s"] = time.perf_counter() - t_after
+        summary["wall_time_s"] = time.perf_counter() - t_start
+        summary["gpu_hours"] = summary["wall_time_s"] / 3600 * (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        run.write_summary(summary)
+        tracker.log_summary(summary)
+        run.set_status("completed")
+        tracker.finish("completed")
+        return run
+    except KeyboardInterrupt:
+        run.set_status("interrupted")
+        tracker.finish("interrupted")
+        raise
+    except BaseException as e:
+        if type(e).__name__ == "TrialPruned":
+            run.set_status("pruned", reason=str(e))
+            tracker.finish("pruned")
+            raise
+        run.set_status("failed", error=f"{type(e).__name__}: {e}")
+        (run.path / "error.txt").write_text(traceback.format_exc())
+        tracker.finish("failed")
+        raise
+
+
+def _evaluate(run: Run, spec: RunSpec, prep: Prepared, model: Any, tracker: Any) -> dict[str, Any]:
+    try:
+        from harness.evaluate import evaluate_trained
+    except ImportError:
+        return {}
+    # KL and win rates are measured against the starting point: the reference when the
+    # method has one, else the model the run started from
+    return evaluate_trained(run=run, spec=spec, model=model, tokenizer=prep.tokenizer,
+                            baseline_path=prep.reference_path if prep.adapter.needs_reference else prep.model_path,
+                            tracker=tracker)
+
+
+class _NoTracker:
+    def log(self, metrics: dict[str, Any], step: int) -> None: ...
+    def log_summary(self, summary: dict[str, Any]) -> None: ...
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None: ...
+    def finish(self, status: str) -> None: ...
+
+
+def _tracker(spec: RunSpec, run: Run, override: str | None) -> Any:
+    mode = override or spec.tracking.mode
+    if mode == "disabled":
+        return _NoTracker()
+    try:
+        from harness.tracking import make_tracker
+    except ImportError:
+        return _NoTracker()
+    tr = make_tracker(None if mode == "auto" else mode)
+    tr.start(run.path, run.name, spec_to_dict(spec), group=spec.tracking.group, job_type=spec.tracking.job_type or spec.method_name)
+    return tr

@@ -1,0 +1,45 @@
+"""Identity Preference Optimisation: a squared loss that regresses the log-ratio gap to 1/(2β).
+
+    harness run method=ipo method.beta=0.1
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.losses import ipo_loss
+from harness.methods_api import DataKind, ObjectiveOutput, Paper, pairwise_metrics, register_method, suggest_lr
+
+
+@dataclass
+class IPOConfig:
+    #: the paper's τ (regularisation towards the reference)
+    beta: float = 0.1
+    #: average log-probs over completion tokens (TRL's convention); false: summed as in the paper
+    length_normalize: bool = True
+
+    def validate(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+
+
+@register_method
+class IPO:
+    name = "ipo"
+    paper = Paper("A General Theoretical Paradigm to Understand Learning from Human Preferences", "2310.12036", "Azar et al.")
+    data_kind = DataKind.PAIRED
+    needs_reference = True
+    model_kind = "causal_lm"
+    config_cls = IPOConfig
+
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        return {"method.beta": trial.suggest_float("method.beta", 0.01, 1.0, log=True), **suggest_lr(trial, 1e-5, 1e-3)}
+
+    def objective(self, hp, policy, reference, norm):
+        c, r = policy["chosen"], policy["rejected"]
+        if hp.length_normalize:
+            pc, pr = c.mean_logps, r.mean_logps
+            rc, rr = reference["chosen"] / c.n_tokens.clamp(min=1), reference["rejected"] / r.n_tokens.clamp(min=1)
+        else:
+            pc, pr, rc, rr = c.logps, r.logps, reference["chosen"], reference["rejected"]
+        losses, wc, wr = ipo_loss(pc, pr, rc, rr, beta=hp.beta)
+        return ObjectiveOutput(losses.sum() / norm.sequences, pairwise_metrics(wc, wr))
