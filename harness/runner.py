@@ -11,6 +11,7 @@ process with a pruning hook.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -20,11 +21,11 @@ from typing import Any
 
 import torch
 
-from harness import toyworld
+from harness import peft_setup, toyworld
 from harness.batching import fingerprint, tokenize_records
 from harness.config import RunSpec, spec_to_dict
 from harness.methods_api import METHODS, SEGMENTS, DataKind, MethodAdapter, load_methods
-from harness.store import Run
+from harness.store import Run, atomic_write_text
 from harness.train import (
     LoopConfig,
     TrainHooks,
@@ -86,6 +87,7 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
         )
     if spec.model.reference and not adapter.needs_reference:
         raise SpecError(f"model.reference is set but method {adapter.name!r} uses no reference model")
+    peft_setup.check(spec, adapter.model_kind)
     return adapter
 
 
@@ -124,22 +126,32 @@ def prepare(spec: RunSpec) -> Prepared:
     return Prepared(adapter, model_path, ref, tok, train_ex, eval_ex, loaded.source, loaded.n_skipped)
 
 
-def load_model(path: str, spec: RunSpec, model_kind: str, pad_id: int) -> Any:
+def load_model(path: str, spec: RunSpec, model_kind: str, pad_id: int, with_peft: bool = True) -> Any:
+    """The model to train (``with_peft``: the spec's adapter on its base) or a plain reference."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kw: dict[str, Any] = {"revision": spec.model.revision, "trust_remote_code": spec.model.trust_remote_code,
                           "dtype": torch.float32}
+    if with_peft:
+        # a target module the model lacks fails here, before the weights load
+        peft_setup.check_targets_for(path, spec.peft, model_kind, spec.model.revision, spec.model.trust_remote_code)
+        kw.update(peft_setup.load_kwargs(spec.peft))
     if model_kind == "reward":
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kw)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kw)
     model.config.pad_token_id = pad_id
-    return model
+    return peft_setup.apply(model, spec, model_kind) if with_peft else model
 
 
 def make_accelerator(spec: RunSpec) -> Any:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
+    # accelerate keeps one global state per process; runs made one after another in a
+    # single-process session (tests, the quickstart) may each ask for another precision
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(
         mixed_precision="bf16" if spec.train.precision == "bf16" else "no",
         cpu=not torch.cuda.is_available(),
@@ -163,15 +175,26 @@ def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: A
     segs = SEGMENTS[adapter.data_kind]
     info: dict[str, Any] = {"hits": 0, "misses": 0}
     fp = weights_fingerprint(prep.reference_path)
-    same_as_policy = prep.reference_path == prep.model_path and spec.train.resume_from is None
+    # an adapter's frozen base is the reference even on resume: it is the policy with the
+    # adapter disabled (peft_setup.reference_context), never a second copy
+    adapted = peft_setup.is_adapter_model(model)
+    same_as_policy = prep.reference_path == prep.model_path and (spec.train.resume_from is None or adapted)
+    base_key = peft_setup.reference_key(spec) if same_as_policy else None
     ref_model: list[Any] = []
 
     def ref() -> Any:
         if same_as_policy:
             return model  # the policy before its first update is the reference
         if not ref_model:
-            ref_model.append(load_model(prep.reference_path, spec, "causal_lm", prep.tokenizer.pad_token_id).to(accelerator.device))
+            ref_model.append(load_model(prep.reference_path, spec, "causal_lm", prep.tokenizer.pad_token_id,
+                                        with_peft=False).to(accelerator.device))
         return ref_model[0]
+
+    def compute(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        m = ref()
+        with peft_setup.reference_context(m):
+            return compute_reference_logps(m, examples, segs, prep.tokenizer.pad_token_id, 32,
+                                           autocast_for(spec, accelerator.device), accelerator.device)
 
     out = []
     for examples in (prep.train_examples, prep.eval_examples):
@@ -179,10 +202,11 @@ def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: A
             out.append(None)
             continue
         key = {"weights": fp, "data": fingerprint(examples), "segments": list(segs), "precision": spec.train.precision}
+        if base_key is not None:
+            key["base"] = base_key
         values, hit = reference_logps(
             key,
-            lambda ex=examples: compute_reference_logps(ref(), ex, segs, prep.tokenizer.pad_token_id, 32,
-                                                        autocast_for(spec, accelerator.device), accelerator.device),
+            lambda ex=examples: compute(ex),
             cache_dir("refcache") if spec.train.ref_cache else None,
         )
         info["hits" if hit else "misses"] += 1
@@ -196,7 +220,12 @@ def _open_run(spec: RunSpec) -> tuple[Run, Path | None]:
         ckpt = Path(spec.train.resume_from)
         if not (ckpt / "trainer_state.json").exists():
             raise SpecError(f"train.resume_from: {str(ckpt)!r} is not a complete checkpoint (no trainer_state.json)")
-        return Run(ckpt.parent.parent), ckpt
+        run = Run(ckpt.parent.parent)
+        step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        # rows logged after the checkpoint by the interrupted attempt are replayed by this one
+        kept = [r for r in run.metrics() if int(r.get("step", 0)) <= step]
+        atomic_write_text(run.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        return run, ckpt
     return Run.create(spec.output_dir, spec.name, prefix=spec.method_name), None
 
 
@@ -218,8 +247,12 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
         if user_first_step:
             user_first_step()
 
+    user_on_log = hooks.on_log
+
     def on_log(row: dict[str, Any]) -> None:
         tracker.log(row, step=int(row["step"]))
+        if user_on_log:
+            user_on_log(row)
 
     hooks = TrainHooks(on_eval=hooks.on_eval, on_log=on_log, on_first_step=first_step)
     try:
@@ -249,6 +282,7 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
         if accelerator.is_main_process:
             unwrapped.save_pretrained(run.final_dir)
             prep.tokenizer.save_pretrained(run.final_dir)
+            peft_setup.save_meta(run.final_dir, spec, prep.model_path)
         summary: dict[str, Any] = {
             "method": adapter.name, "status": "completed", "steps": result.steps,
             "final_loss": result.losses[-1] if result.losses else None,
@@ -262,6 +296,8 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
             "reference_cache": ref_info, "setup_time_s": timing.get("setup_time_s"),
             "device": str(accelerator.device),
         }
+        # adapter runs: parameterisation, and counts with 4-bit weights unpacked
+        summary.update(peft_setup.summary_fields(unwrapped, spec, prep.model_path))
         if spec.eval.enabled:
             summary["eval"] = _evaluate(run, spec, prep, unwrapped, tracker)
         summary["teardown_time_s"] = time.perf_counter() - t_after

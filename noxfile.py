@@ -1,0 +1,51 @@
+"""Developer tasks.
+
+    nox -s tests        # the test suite (what CI runs)
+    nox -s lint         # ruff (undefined names on)
+    nox -s typecheck    # mypy
+    nox -s bench        # speed/memory benchmarks vs TRL (prints ratios; not a test)
+
+torch is installed first from a pinned CPU build (TORCH_SPEC, default torch==2.13.0) so
+the package's looser ``torch>=2.4`` range installs nothing more; GPU users set
+TORCH_SPEC to their CUDA build or install the project into their own environment.
+"""
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+
+
+def install(session: nox.Session, extras: str = "test") -> None:
+    session.install(TORCH_SPEC)
+    session.install("-e", f".[{extras}]")
+    # a dependency must never swap the pinned torch for another build
+    session.run("python", "-c", f"import torch, sys; v = torch.__version__; print('torch', v); "
+                f"sys.exit(0 if v.split('+')[0] == '{TORCH_SPEC.split('==')[-1]}' or '==' not in '{TORCH_SPEC}' else 1)")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    install(session)
+    session.run("pytest", "-q", *session.posargs, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "harness", "methods", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    install(session, "dev")
+    session.run("mypy", "harness", "methods")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    install(session)
+    session.run("python", "benchmarks/bench_dpo.py", *session.posargs)
