@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -38,16 +37,16 @@ def methods() -> None:
 
     load_methods()
     table = Table(title="methods")
-    for col in ("name", "paper", "arXiv", "data kind", "needs reference", "defaults"):
+    for col in ("name", "paper", "reference", "data kind", "needs ref. model", "defaults"):
         table.add_column(col)
     for name in METHODS.names():
         a = METHODS.get(name)
         defaults = ", ".join(f"{k}={v}" for k, v in hp_defaults(a).items()) or "-"
-        table.add_row(name, a.paper.title, a.paper.arxiv, a.data_kind.value, "yes" if a.needs_reference else "no", defaults)
+        table.add_row(name, f"{a.paper.authors}: {a.paper.title}", a.paper.ref, a.data_kind.value, "yes" if a.needs_reference else "no", defaults)
     console.print(table)
 
 
-def split_spec_args(args: list[str]) -> tuple[Optional[str], list[str]]:
+def split_spec_args(args: list[str]) -> tuple[str | None, list[str]]:
     path = None
     overrides = []
     for a in args:

@@ -47,9 +47,15 @@ class Paper:
     title: str
     arxiv: str
     authors: str = ""
+    #: where the paper lives when it is not on arXiv
+    url: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"arXiv:{self.arxiv}" if self.arxiv else self.url
 
     def __str__(self) -> str:
-        return f"{self.title} (arXiv:{self.arxiv})"
+        return f"{self.title} ({self.ref})"
 
 
 @dataclass

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.losses import dpo_loss
-from harness.methods_api import DataKind, ObjectiveOutput, Paper, pairwise_metrics, register_method, suggest_lr
+from harness.methods_api import (
+    DataKind,
+    ObjectiveOutput,
+    Paper,
+    pairwise_metrics,
+    register_method,
+    suggest_lr,
+)
 
 
 @dataclass
@@ -53,7 +60,7 @@ class CDPOConfig(DPOConfig):
 @register_method
 class CDPO(DPO):
     name = "cdpo"
-    paper = Paper("A note on DPO with noisy preferences & relationship to IPO (cDPO)", "2305.18290", "Mitchell")
+    paper = Paper("A note on DPO with noisy preferences & relationship to IPO", "", "Mitchell", "https://ericmitchell.ai/cdpo.pdf")
     config_cls = CDPOConfig
 
     def search_space(self, trial: Any) -> dict[str, Any]:

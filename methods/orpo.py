@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.losses import orpo_odds_ratio_loss, sft_loss
-from harness.methods_api import DataKind, ObjectiveOutput, Paper, pairwise_metrics, register_method, suggest_lr
+from harness.methods_api import (
+    DataKind,
+    ObjectiveOutput,
+    Paper,
+    pairwise_metrics,
+    register_method,
+    suggest_lr,
+)
 
 
 @dataclass

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.losses import bradley_terry_loss
-from harness.methods_api import DataKind, ObjectiveOutput, Paper, pairwise_metrics, register_method, suggest_lr
+from harness.methods_api import (
+    DataKind,
+    ObjectiveOutput,
+    Paper,
+    pairwise_metrics,
+    register_method,
+    suggest_lr,
+)
 
 
 @dataclass

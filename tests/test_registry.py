@@ -28,7 +28,7 @@ def test_builtin_methods_follow_the_contract():
         a = METHODS.get(name)
         assert isinstance(a, MethodAdapter)
         assert isinstance(a.data_kind, DataKind)
-        assert a.paper.arxiv and a.paper.title
+        assert a.paper.ref and a.paper.title
         a.config_cls()  # the paper's defaults construct
 
 

@@ -1,0 +1,43 @@
+"""CPO: contrastive preference optimisation, a reference-free preference term plus NLL on chosen.
+
+    harness run method=cpo method.beta=0.1
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.losses import cpo_loss, sft_loss
+from harness.methods_api import (
+    DataKind,
+    ObjectiveOutput,
+    Paper,
+    pairwise_metrics,
+    register_method,
+    suggest_lr,
+)
+
+
+@dataclass
+class CPOConfig:
+    beta: float = 0.1
+    #: weight of the NLL term on the chosen response (the paper's behaviour-cloning regulariser)
+    nll_weight: float = 1.0
+
+
+@register_method
+class CPO:
+    name = "cpo"
+    paper = Paper("Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in Machine Translation", "2401.08417", "Xu et al.")
+    data_kind = DataKind.PAIRED
+    needs_reference = False
+    model_kind = "causal_lm"
+    config_cls = CPOConfig
+
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        return {"method.beta": trial.suggest_float("method.beta", 0.01, 1.0, log=True), **suggest_lr(trial, 1e-5, 1e-3)}
+
+    def objective(self, hp, policy, reference, norm):
+        c, r = policy["chosen"], policy["rejected"]
+        losses, wc, wr = cpo_loss(c.logps, r.logps, beta=hp.beta)
+        nll = sft_loss(c.logps).sum() / max(norm.tokens["chosen"], 1)
+        return ObjectiveOutput(losses.sum() / norm.sequences + hp.nll_weight * nll, pairwise_metrics(wc, wr))
