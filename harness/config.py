@@ -61,8 +61,71 @@ class DataSpec:
 
 
 @dataclass
+class LoraSpec:
+    """LoRA adapter (Hu et al., arXiv:2106.09685); also the adapter of QLoRA."""
+
+    r: int = 8
+    #: scaling numerator: updates are scaled by alpha / r (alpha / sqrt(r) with use_rslora)
+    alpha: float = 16.0
+    dropout: float = 0.05
+    #: "all-linear" (every linear layer but the output head) or module names, e.g. [q_proj, v_proj]
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    bias: Literal["none", "all", "lora_only"] = "none"
+    #: rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski, arXiv:2312.03732)
+    use_rslora: bool = False
+    #: weight-decomposed LoRA (Liu et al., arXiv:2402.09353)
+    use_dora: bool = False
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"r must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("target_modules is an empty list; name modules or use 'all-linear'")
+
+
+@dataclass
+class QuantSpec:
+    """4-bit base of QLoRA (Dettmers et al., arXiv:2305.14314), loaded with bitsandbytes."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    #: quantise the quantisation constants too (~0.4 bit/param saved)
+    double_quant: bool = True
+    #: dtype the 4-bit weights are dequantised to for matmuls
+    compute_dtype: Literal["bf16", "fp32"] = "bf16"
+
+
+@dataclass
+class PrefixSpec:
+    """Prefix-Tuning (Li & Liang, arXiv:2101.00190): trained key/value prefixes in every layer."""
+
+    num_virtual_tokens: int = 16
+    #: reparameterise the prefix through an MLP (the paper's stabilising trick)
+    prefix_projection: bool = False
+    #: hidden size of that MLP; None = the model's hidden size
+    encoder_hidden_size: int | None = None
+
+    def validate(self) -> None:
+        if self.num_virtual_tokens < 1:
+            raise ValueError(f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
+        if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
+            raise ValueError(f"encoder_hidden_size must be >= 1, got {self.encoder_hidden_size}")
+
+
+@dataclass
 class PeftSpec:
-    kind: Literal["none"] = "none"
+    """Parameterisation: full fine-tuning (none) or an adapter on a frozen base (harness.peft_setup)."""
+
+    kind: Literal["none", "lora", "qlora", "prefix"] = "none"
+    #: used by kind=lora and kind=qlora
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    #: used by kind=qlora
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    #: used by kind=prefix
+    prefix: PrefixSpec = field(default_factory=PrefixSpec)
 
 
 @dataclass
@@ -95,6 +158,8 @@ class TrainSpec:
 
 @dataclass
 class EvalSpec:
+    """What ``harness.evaluate`` measures after training (and ``harness eval`` on demand)."""
+
     enabled: bool = True
     #: held-out prompts to sample from (toy world: its eval prompts)
     num_prompts: int = 64
@@ -104,6 +169,69 @@ class EvalSpec:
     batch_size: int = 32
     #: score samples with the toy world's programmatic gold reward (toy data only)
     gold_reward: bool = True
+    #: seed of the evaluation samples (the same for the candidate and the baseline)
+    seed: int = 0
+    #: strings that end a generated answer (not included in it)
+    stop: list[str] = field(default_factory=list)
+    #: instruction set to answer: a file / dir / hub id with prompts (any data format that has
+    #: them); None: the toy world's eval prompts for toy data, else ``data.source`` at ``data.eval_split``
+    prompts: str | None = None
+    prompts_split: str = "train"
+    #: model whose answers the candidate is judged against and KL is measured to; None: the
+    #: run's starting point (its reference for methods that have one), or ``model.reference``
+    baseline: str | None = None
+    #: pairwise judge for win rates: "auto" = gold reward on toy data, else the reward model if
+    #: given, else none
+    judge: Literal["auto", "gold", "reward_model", "hf", "openai", "none"] = "auto"
+    #: judge model: endpoint model name (openai) or local path / hub id (hf)
+    judge_model: str | None = None
+    judge_base_url: str = "https://api.openai.com/v1"
+    #: environment variable holding the endpoint's API key (never the key itself)
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_workers: int = 4
+    judge_max_retries: int = 5
+    #: bootstrap resamples for the length-controlled win rate's standard error
+    lc_bootstrap: int = 200
+    #: reward model (a ``method=reward`` run dir, its final/, or any HF sequence-classification
+    #: model): scores the samples and, if ``judge`` is another, is a second judge
+    reward_model: str | None = None
+    #: KL(candidate || baseline) from this many samples per prompt at temperature 1 (0 = off)
+    kl_samples: int = 4
+    #: lm-eval tasks; None: the toy world's two local tasks for toy data, none otherwise
+    lm_eval_tasks: list[str] | None = None
+    #: extra directories of lm-eval task YAMLs
+    lm_eval_include: list[str] = field(default_factory=list)
+    lm_eval_limit: int | None = None
+    lm_eval_num_fewshot: int | None = None
+    lm_eval_batch_size: int = 16
+    #: None: apply the tokenizer's chat template when it has one
+    lm_eval_chat_template: bool | None = None
+    #: held-out preference pairs for reward-model accuracy (RewardBench's measure); None: fresh
+    #: gold-labelled pairs on the toy world's held-out prompts, else ``data.source`` at ``data.eval_split``
+    rm_pairs: str | None = None
+    rm_pairs_split: str = "train"
+    #: generation backend for the judged samples: vllm needs the package and a GPU
+    backend: Literal["hf", "vllm", "auto"] = "hf"
+
+    def validate(self) -> None:
+        if self.num_prompts < 1:
+            raise ValueError(f"num_prompts must be >= 1, got {self.num_prompts}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        for name in ("batch_size", "judge_workers", "lm_eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("kl_samples", "judge_max_retries", "lc_bootstrap"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.judge in ("hf", "openai") and not self.judge_model:
+            raise ValueError(f"judge={self.judge!r} needs judge_model (an endpoint model name or a local model)")
+        if self.judge == "reward_model" and not self.reward_model:
+            raise ValueError("judge='reward_model' needs reward_model (a reward run dir or a model path)")
 
 
 @dataclass

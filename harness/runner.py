@@ -260,6 +260,8 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
         prep = prepare(spec)
         accelerator = make_accelerator(spec)
         model = load_model(prep.model_path, spec, adapter.model_kind, prep.tokenizer.pad_token_id).to(accelerator.device)
+        if peft_setup.uses_adapter(spec.peft):
+            peft_setup.register_checkpoint_hooks(accelerator)  # checkpoints hold the adapter only
         ref_train = ref_eval = None
         ref_info: dict[str, Any] = {}
         if adapter.needs_reference:
