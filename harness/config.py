@@ -210,8 +210,9 @@ class EvalSpec:
     #: gold-labelled pairs on the toy world's held-out prompts, else ``data.source`` at ``data.eval_split``
     rm_pairs: str | None = None
     rm_pairs_split: str = "train"
-    #: generation backend for the judged samples: vllm needs the package and a GPU
-    backend: Literal["hf", "vllm", "auto"] = "hf"
+    #: generation backend for the judged samples (KL and lm-eval always use HF): vllm needs
+    #: the package and a GPU, and serves the saved weights (adapters merged first)
+    backend: Literal["hf", "vllm"] = "hf"
 
     def validate(self) -> None:
         if self.num_prompts < 1:

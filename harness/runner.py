@@ -85,6 +85,10 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
         raise SpecError(
             f"train.max_prompt_length ({spec.train.max_prompt_length}) must be below train.max_length ({spec.train.max_length})"
         )
+    if spec.eval.enabled:
+        from harness.evaluate import check_eval_spec
+
+        check_eval_spec(spec)  # a bad eval section must not cost a training run
     if spec.model.reference and not adapter.needs_reference:
         raise SpecError(f"model.reference is set but method {adapter.name!r} uses no reference model")
     peft_setup.check(spec, adapter.model_kind)

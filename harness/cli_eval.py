@@ -1,0 +1,234 @@
+"""``harness eval``: evaluate a finished run, or any model without a run.
+
+    harness eval runs/dpo-0001                                   # the run's own eval section
+    harness eval runs/dpo-0001 eval.reward_model=runs/reward-0001 eval.kl_samples=8
+    harness eval model=Qwen/Qwen2.5-0.5B-Instruct eval.judge=openai eval.judge_model=gpt-4o-mini \\
+        eval.prompts=my_instructions.jsonl eval.baseline=Qwen/Qwen2.5-0.5B
+    harness eval my_eval.yaml model=toy:tiny
+
+With a run directory, the run's saved spec (``config.yaml``) plus the ``key=value``
+overrides decides what is measured; the model is the run's ``final/`` weights (or adapter)
+and the baseline its starting point (its reference for methods with one) unless
+``eval.baseline`` names another.  Results replace the ``eval`` entry of the run's
+``summary.json`` (atomically) and samples go to ``runs/<name>/samples.jsonl``.
+
+Without a run directory, ``model=`` names what to evaluate and the results go to a new run
+directory ``runs/eval-NNNN/`` (``config.yaml``, ``summary.json`` with ``eval``,
+``samples.jsonl``), which reports list like any other run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    from harness.cli import fail
+
+    fail(msg, code)
+
+
+def _split_args(args: list[str]) -> tuple[Path | None, str | None, list[str]]:
+    """(run dir, spec file, overrides) from the command line."""
+    run_dir = spec_file = None
+    overrides = []
+    for a in args:
+        if "=" in a:
+            overrides.append(a)
+            continue
+        p = Path(a)
+        if p.is_dir():
+            if not (p / "config.yaml").is_file():
+                _fail(f"{a}: not a run directory (it has no config.yaml)")
+            if run_dir is not None:
+                _fail(f"two run directories given: {run_dir} and {a}; evaluate one at a time")
+            run_dir = p
+        elif a.endswith((".yaml", ".yml")):
+            if not p.is_file():
+                _fail(f"spec file {a!r} does not exist")
+            spec_file = a
+        else:
+            _fail(f"{a!r} is neither a run directory, a spec file nor a key=value override")
+    if run_dir is not None and spec_file is not None:
+        _fail("give a run directory or a spec file, not both (the run directory has its own spec)")
+    return run_dir, spec_file, overrides
+
+
+def _run_spec(run_dir: Path, overrides: list[str]) -> Any:
+    from harness.config import merge_raw, parse_override, resolve
+    from harness.store import Run
+
+    raw = Run(run_dir).config()
+    if not isinstance(raw, dict) or not raw:
+        _fail(f"{run_dir}/config.yaml is empty or not a mapping")
+    pairs = dict(parse_override(o) for o in overrides)
+    return resolve(merge_raw(raw, pairs))
+
+
+def _model_spec(spec_file: str | None, overrides: list[str]) -> Any:
+    """A RunSpec for evaluating a model without training: the method section is optional."""
+    from harness.config import RunSpec, build, merge_raw, parse_override, read_yaml, resolve
+
+    raw = read_yaml(spec_file) if spec_file else {}
+    raw = merge_raw(raw, dict(parse_override(o) for o in overrides))
+    if raw.get("method"):
+        return resolve(raw)
+    raw.pop("method", None)
+    return build(RunSpec, raw)
+
+
+def run_baseline(spec: Any, run_dir: Path) -> str:
+    """The starting point of a run: its reference model for methods with one, else the model it started from."""
+    from harness import toyworld
+    from harness.methods_api import METHODS, load_methods
+    from harness.runner import resolve_model_path
+    from harness.store import Run
+
+    load_methods()
+    adapter = METHODS.get(spec.method_name)
+    if adapter.needs_reference and spec.model.reference:
+        return str(toyworld.resolve_model(spec.model.reference, size=spec.data.toy_size) or spec.model.reference)
+    return str(Run(run_dir).summary().get("model_path") or resolve_model_path(spec))
+
+
+def evaluate_run_dir(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate a finished run with its saved spec (+ overrides); store results in its summary."""
+    from harness.evaluate import evaluate_model_dir
+    from harness.store import Run
+
+    run_dir = Path(run_dir)
+    spec = _run_spec(run_dir, overrides or [])
+    run = Run(run_dir)
+    if not run.final_dir.is_dir():
+        status = run.status().get("status", "unknown")
+        raise FileNotFoundError(f"{run_dir} has no final/ weights to evaluate (run status: {status})")
+    result = evaluate_model_dir(run.final_dir, spec, baseline_path=run_baseline(spec, run_dir), out_dir=run.path)
+    run.update_summary(eval=result)
+    return result
+
+
+def evaluate_model(spec: Any) -> tuple[Any, dict[str, Any]]:
+    """Evaluate ``spec.model`` without training; results go to a new ``<output_dir>/eval-NNNN``."""
+    from harness import toyworld
+    from harness.config import spec_to_dict
+    from harness.evaluate import evaluate_model_dir
+    from harness.generation import resolve_model_dir
+    from harness.store import Run
+
+    t0 = time.perf_counter()
+    # cheap checks before a directory is made or a model loads
+    model_path = resolve_model_dir(spec.model.name_or_path)
+    baseline = spec.eval.baseline
+    if baseline is None and spec.model.reference:
+        baseline = str(toyworld.resolve_model(spec.model.reference, size=spec.data.toy_size) or spec.model.reference)
+    run = Run.create(spec.output_dir, spec.name, prefix="eval")
+    run.write_config(spec_to_dict(spec))
+    run.write_env()
+    run.set_status("running", pid=os.getpid(), host=os.uname().nodename)
+    tracker = _tracker(spec, run)
+    try:
+        result = evaluate_model_dir(model_path, spec, baseline_path=baseline, out_dir=run.path, tracker=tracker)
+        summary = {"kind": "eval", "status": "completed", "model_path": model_path, "eval": result,
+                   "wall_time_s": time.perf_counter() - t0}
+        run.write_summary(summary)
+        tracker.log_summary(summary)
+        run.set_status("completed")
+        tracker.finish("completed")
+        return run, result
+    except KeyboardInterrupt:
+        run.set_status("interrupted")
+        tracker.finish("interrupted")
+        raise
+    except BaseException as e:
+        run.set_status("failed", error=f"{type(e).__name__}: {e}")
+        (run.path / "error.txt").write_text(traceback.format_exc())
+        tracker.finish("failed")
+        raise
+
+
+def _tracker(spec: Any, run: Any) -> Any:
+    from harness.config import spec_to_dict
+    from harness.tracking import Tracker, make_tracker
+
+    mode = spec.tracking.mode
+    if mode == "disabled":
+        return Tracker()
+    tr = make_tracker(None if mode == "auto" else mode, spec.tracking.project)
+    tr.start(run.path, run.name, spec_to_dict(spec), group=spec.tracking.group, job_type=spec.tracking.job_type or "eval")
+    return tr
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def print_result(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from harness.cli import console
+
+    table = Table(title="evaluation")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    pairs = [
+        ("gold_reward_mean", "baseline_gold_reward_mean"), ("rm_score_mean", "baseline_rm_score_mean"),
+        ("kl_mean", "kl_stderr"), ("rm_accuracy", "rm_accuracy_stderr"),
+    ]
+    for key, other in pairs:
+        if key in result:
+            suffix = f"  (baseline {_fmt(result[other])})" if other.startswith("baseline") and other in result else \
+                f" ± {_fmt(result[other])}" if other in result and not other.startswith("baseline") else ""
+            table.add_row(key, _fmt(result[key]) + suffix)
+    for kind, res in (result.get("judges") or {}).items():
+        if "win_rate" in res:
+            table.add_row(f"win_rate ({kind})", f"{_fmt(res['win_rate'])} ± {_fmt(res['standard_error'])}")
+            table.add_row(f"LC win_rate ({kind})",
+                          f"{_fmt(res['length_controlled_winrate'])} ± {_fmt(res['lc_standard_error'])}")
+    for task, res in (result.get("lm_eval") or {}).items():
+        for m, v in res["metrics"].items():
+            if not m.endswith("_stderr"):
+                table.add_row(f"{task} {m}", _fmt(v))
+    timing = result.get("timing_s") or {}
+    table.add_row("time (s)", "  ".join(f"{k} {v:.1f}" for k, v in timing.items()))
+    console.print(table)
+    for where, what in {**(result.get("skipped") or {}), **(result.get("errors") or {})}.items():
+        console.print(f"[yellow]{where}[/]: {what}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def eval_command(args: list[str] = typer.Argument(None, help="[RUN_DIR | SPEC.yaml] key=value ...")) -> None:
+        """Evaluate a finished run (results into its summary.json) or any model=... (into runs/eval-NNNN/)."""
+        from harness.cli import console
+        from harness.config import ConfigError
+        from harness.evaluate import EvalError
+        from harness.lmeval import LMEvalError
+        from harness.store import RunExistsError
+
+        run_dir, spec_file, overrides = _split_args(args or [])
+        keys = {o.split("=", 1)[0] for o in overrides}
+        if run_dir is None and spec_file is None and not keys & {"model", "model.name_or_path"}:
+            _fail("give a run directory (harness eval runs/<name>) or a model (harness eval model=...)")
+        try:
+            if run_dir is not None:
+                result = evaluate_run_dir(run_dir, overrides)
+                console.print(f"[green]evaluated[/] {run_dir} (summary.json: eval)")
+            else:
+                run, result = evaluate_model(_model_spec(spec_file, overrides))
+                console.print(f"[green]evaluated[/] -> {run.path}")
+        except (ConfigError, EvalError, LMEvalError, RunExistsError, FileNotFoundError) as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as e:
+            _fail(f"{type(e).__name__}: {e}", 1)
+        print_result(result)

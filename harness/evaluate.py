@@ -1,0 +1,695 @@
+"""Uniform evaluation of a trained model: what every run and sweep trial reports at its end.
+
+    harness run method=dpo                 # the runner calls evaluate_trained() after training
+    harness eval runs/dpo-0001             # re-evaluate a finished run (harness.cli_eval)
+    harness eval model=toy eval.baseline=toy:tiny
+
+The run spec's ``eval`` section (:class:`harness.config.EvalSpec`) decides what is measured:
+
+- samples: the candidate and the baseline (the run's starting point) answer the same
+  held-out instructions with the same sampling parameters and seed
+  (:mod:`harness.generation`); the baseline's answers are cached by weights and parameters,
+  so the trials of a sweep generate them once;
+- gold reward (toy world): mean / std of :func:`harness.toyworld.gold_reward` for both;
+- reward-model score: mean / std of a reward model's scores for both;
+- KL(candidate || baseline): the sampled estimate E_{y~pi}[log pi(y|x) - log pi_base(y|x)]
+  from ``kl_samples`` samples per prompt drawn at temperature 1 (the model's own
+  distribution), with its standard error over prompts;
+- pairwise win rates against the baseline's answers (AlpacaEval 2.0's columns, both
+  orders, cached judgements; :mod:`harness.judges`, :mod:`harness.winrate`) for the main
+  judge, flat in the result, and every judge under ``judges`` keyed by its kind, each with
+  the judge's identity so numbers of different judges never share a column;
+- lm-eval tasks (:mod:`harness.lmeval`);
+- for reward models (``method=reward``): chosen-over-rejected accuracy on held-out pairs
+  (RewardBench's measure) instead of the above.
+
+Every component is timed (``timing_s``); samples go to ``<run>/samples.jsonl`` and to the
+tracker as a table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import toyworld
+from harness.config import EvalSpec, RunSpec
+from harness.generation import (
+    Completion,
+    Prompt,
+    SamplingParams,
+    completion_logprobs,
+    generate,
+    generate_vllm,
+    is_reward_model_dir,
+    load_causal_lm,
+    prompt_text,
+    resolve_model_dir,
+    vllm_available,
+)
+from harness.lmeval import TOY_TASKS, toy_subject
+from harness.store import atomic_write_text
+
+#: bump when the baseline-sample cache's contents change meaning
+BASELINE_CACHE_VERSION = "1"
+#: held-out gold-labelled pairs per toy eval prompt for reward-model accuracy
+TOY_RM_PAIRS_PER_PROMPT = 8
+PAIRWISE_COLUMNS = (
+    "win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "discrete_win_rate",
+    "avg_length", "length_controlled_winrate", "lc_standard_error",
+)
+
+
+class EvalError(ValueError):
+    """The eval section cannot run as configured; the message names the key and the fix."""
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def _is_toy(spec: RunSpec) -> bool:
+    return spec.data.source == "toy"
+
+
+def _world(spec: RunSpec) -> toyworld.World:
+    return toyworld.ensure_world(size=spec.data.toy_size)
+
+
+def _method_name(spec: RunSpec) -> str | None:
+    return getattr(spec.method, "name", None) if spec.method is not None else None
+
+
+def resolve_judge_kind(ev: EvalSpec, toy: bool) -> str:
+    if ev.judge != "auto":
+        return ev.judge
+    if toy:
+        return "gold"
+    return "reward_model" if ev.reward_model else "none"
+
+
+def _check_judge_config(ev: EvalSpec, toy: bool, custom_prompts: bool) -> str:
+    """Cheap checks of the judge settings, before any model loads."""
+    kind = resolve_judge_kind(ev, toy)
+    if kind == "gold" and (not toy or custom_prompts):
+        raise EvalError(
+            "eval.judge=gold scores answers with the toy world's gold reward, which only knows the toy "
+            "world's prompts; use data=toy without eval.prompts, or pick eval.judge=reward_model/hf/openai"
+        )
+    if kind in ("hf", "openai") and not ev.judge_model:
+        raise EvalError(f"eval.judge={kind} needs eval.judge_model")
+    if kind == "reward_model" and not ev.reward_model:
+        raise EvalError("eval.judge=reward_model needs eval.reward_model (a reward run dir or model path)")
+    if kind == "openai":
+        host = urllib.parse.urlparse(ev.judge_base_url).hostname or ""
+        if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(ev.judge_api_key_env):
+            raise EvalError(
+                f"eval.judge=openai at {ev.judge_base_url} needs an API key in ${ev.judge_api_key_env} "
+                "(set it, or name another variable with eval.judge_api_key_env)"
+            )
+    if ev.reward_model:
+        path = resolve_model_dir(ev.reward_model)
+        if Path(path).is_dir() and not is_reward_model_dir(path):
+            raise EvalError(
+                f"eval.reward_model: {path} is not a sequence-classification model (train one with method=reward)"
+            )
+    return kind
+
+
+def load_eval_prompts(spec: RunSpec) -> tuple[list[Prompt], str]:
+    """The instructions to answer and where they came from (a description)."""
+    from harness.data import DataError, load_records
+    from harness.methods_api import DataKind
+
+    ev = spec.eval
+    if ev.prompts is not None:
+        source, split = ev.prompts, ev.prompts_split
+    elif _is_toy(spec):
+        world = _world(spec)
+        prompts: list[Prompt] = list(world.eval_prompts())[: ev.num_prompts]
+        return prompts, f"toy world eval prompts ({world.split_path('eval_prompts')})"
+    elif spec.data.eval_split is not None:
+        source, split = spec.data.source, spec.data.eval_split
+    else:
+        raise EvalError(
+            "no held-out instructions to evaluate on: set eval.prompts (a file or hub id with a prompt "
+            "column) or data.eval_split"
+        )
+    try:
+        loaded = load_records(source, split, DataKind.PROMPT, max_samples=ev.num_prompts)
+    except DataError as e:
+        raise EvalError(f"eval prompts: {e}") from None
+    return [r["prompt"] for r in loaded.records], loaded.source
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def sampling_params(ev: EvalSpec) -> SamplingParams:
+    return SamplingParams(
+        max_new_tokens=ev.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p,
+        stop=tuple(ev.stop), seed=ev.seed,
+    )
+
+
+def _use_vllm(ev: EvalSpec) -> bool:
+    if ev.backend != "vllm":
+        return False
+    if not vllm_available():
+        raise EvalError("eval.backend=vllm needs the vllm package and a CUDA device; use eval.backend=hf")
+    return True
+
+
+def _sample(model: Any, tok: Any, path: str | None, prompts: list[Prompt], params: SamplingParams,
+            ev: EvalSpec) -> list[Completion]:
+    if path is not None and _use_vllm(ev):
+        return generate_vllm(path, tok, prompts, params)
+    return generate(model, tok, prompts, params, batch_size=ev.batch_size)
+
+
+def _baseline_cache_path(baseline: str, prompts: list[Prompt], params: SamplingParams, backend: str) -> Path:
+    from harness.train import weights_fingerprint
+
+    blob = json.dumps({
+        "v": BASELINE_CACHE_VERSION, "weights": weights_fingerprint(baseline), "prompts": prompts,
+        "params": asdict(params), "backend": backend,
+    }, sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return toyworld.cache_root() / "eval-baseline" / f"{key}.json"
+
+
+def _read_cached(path: Path, n: int) -> list[dict[str, Any]] | None:
+    try:
+        rows = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return rows if isinstance(rows, list) and len(rows) == n else None
+
+
+class _Baseline:
+    """The baseline model, loaded only when something needs it (cache misses, KL)."""
+
+    def __init__(self, path: str, device: torch.device) -> None:
+        self.path = path
+        self.device = device
+        self._loaded: tuple[Any, Any] | None = None
+
+    def get(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            self._loaded = load_causal_lm(self.path, device=self.device)
+        return self._loaded
+
+
+def _same_vocab(a: Any, b: Any) -> bool:
+    return a.get_vocab() == b.get_vocab()
+
+
+# --------------------------------------------------------------------------- judges
+
+
+def _build_judge(kind: str, ev: EvalSpec, device: torch.device) -> Any:
+    from harness.judges import build_judge
+
+    if kind == "gold":
+        return build_judge("gold")
+    if kind == "reward_model":
+        assert ev.reward_model is not None
+        return build_judge("reward_model", model=resolve_model_dir(ev.reward_model), model_name=ev.reward_model,
+                           device=str(device))
+    if kind == "hf":
+        assert ev.judge_model is not None
+        return build_judge("hf", model=resolve_model_dir(ev.judge_model), model_name=ev.judge_model,
+                           device=str(device))
+    if kind == "openai":
+        return build_judge("openai", model=ev.judge_model, base_url=ev.judge_base_url,
+                           api_key_env=ev.judge_api_key_env)
+    raise EvalError(f"eval.judge: unknown judge {kind!r}")
+
+
+def _judge_kinds(primary: str, ev: EvalSpec, toy_prompts: bool) -> list[str]:
+    """The main judge first, then the free extras: a given reward model, and gold on toy prompts."""
+    kinds = [] if primary == "none" else [primary]
+    if ev.reward_model and "reward_model" not in kinds:
+        kinds.append("reward_model")
+    if toy_prompts and "gold" not in kinds:
+        kinds.append("gold")
+    return kinds
+
+
+def _pairwise(judge: Any, kind: str, ev: EvalSpec, instructions: list[str], cand: list[str],
+              base: list[str]) -> tuple[dict[str, Any], list[float | None]]:
+    from harness.judges import RetryPolicy, judge_pairs
+    from harness.winrate import pairwise_stats
+
+    judged = judge_pairs(
+        judge, instructions, cand, base, toyworld.cache_root() / "judgements",
+        retry=RetryPolicy(max_retries=ev.judge_max_retries),
+        workers=ev.judge_workers if kind == "openai" else 1,
+    )
+    keep = judged.valid_indices()
+    out: dict[str, Any] = {"judge": judged.identity, "judging": judged.report.as_dict()}
+    if not keep:
+        out["error"] = f"all {len(instructions)} pairs failed: {judged.report.errors_by_reason}"
+        return out, judged.preferences
+    with _single_blas_thread():
+        stats = pairwise_stats(
+            [judged.preferences[i] for i in keep],  # type: ignore[misc]
+            [len(cand[i]) for i in keep], [len(base[i]) for i in keep], [instructions[i] for i in keep],
+            n_bootstrap=ev.lc_bootstrap, seed=ev.seed,
+        )
+    out.update(stats)
+    return out, judged.preferences
+
+
+@contextlib.contextmanager
+def _single_blas_thread() -> Iterator[None]:
+    """The LC win rate fits hundreds of tiny GLMs; a multi-threaded BLAS spends far longer
+    synchronising its threads than computing (measured 35x slower with 2 OpenBLAS threads on
+    a busy 2-core machine), so those fits run on one thread."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
+def _verdict(p: float | None) -> str | None:
+    if p is None:
+        return None
+    return "win" if p > 0.5 + 1e-9 else "loss" if p < 0.5 - 1e-9 else "tie"
+
+
+# --------------------------------------------------------------------------- KL
+
+
+def kl_estimate(
+    model: Any, tok: Any, base_model: Any, prompts: list[Prompt], n_samples: int, max_new_tokens: int,
+    seed: int, batch_size: int,
+) -> dict[str, float]:
+    """KL(pi || pi_base) per sequence, sampled from pi at temperature 1 (no top-k/top-p).
+
+    Each sample's log-ratio is an unbiased estimate of the KL of the first ``max_new_tokens``
+    tokens; the standard error is over prompts (a prompt's samples are averaged first,
+    since they share the prompt).
+    """
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+                            num_return_sequences=n_samples, seed=seed + 7919)
+    samples = generate(model, tok, prompts, params, batch_size=batch_size)
+    pad = int(tok.pad_token_id)
+    lp = completion_logprobs(model, samples, pad, batch_size)
+    lp_base = completion_logprobs(base_model, samples, pad, batch_size)
+    ratios = (lp - lp_base).tolist()
+    per_prompt: dict[int, list[float]] = {}
+    for c, r in zip(samples, ratios):
+        per_prompt.setdefault(c.prompt_index, []).append(r)
+    means = [sum(v) / len(v) for v in per_prompt.values()]
+    kl_mean, prompt_std = _mean_std(means)
+    _, sample_std = _mean_std(ratios)
+    n_tok = sum(c.n_tokens for c in samples)
+    return {
+        "kl_mean": kl_mean,
+        "kl_stderr": prompt_std / math.sqrt(len(means)) if len(means) > 1 else math.nan,
+        "kl_std": sample_std,
+        "kl_per_token": sum(ratios) / max(n_tok, 1),
+        "kl_n_samples": len(ratios),
+    }
+
+
+# --------------------------------------------------------------------------- policies
+
+
+@dataclass
+class _Plan:
+    """What a policy evaluation will do, settled before any model loads."""
+
+    primary_judge: str
+    lm_eval_tasks: list[str]
+    prompts: list[Prompt]
+    prompts_source: str
+
+
+def check_eval_spec(spec: RunSpec) -> Any:
+    """Every cheap check of ``spec.eval`` (judge settings, keys, instructions to answer).
+
+    Raises :class:`EvalError` naming the key; call it before training or loading models.
+    Returns the plan (``None`` for reward models, which need no prompts or judge).
+    """
+    if _method_name(spec) == "reward":
+        load_rm_pairs(spec)
+        return None
+    ev = spec.eval
+    toy = _is_toy(spec)
+    _use_vllm(ev)
+    primary = _check_judge_config(ev, toy, ev.prompts is not None)
+    tasks = list(ev.lm_eval_tasks) if ev.lm_eval_tasks is not None else (list(TOY_TASKS) if toy else [])
+    prompts, source = load_eval_prompts(spec)
+    return _Plan(primary, tasks, prompts, source)
+
+
+def _policy_eval(
+    model: Any,
+    tok: Any,
+    spec: RunSpec,
+    *,
+    model_path: str | None,
+    baseline: str | None,
+    out_dir: Path | None,
+    tracker: Any,
+    plan: _Plan | None = None,
+) -> dict[str, Any]:
+    ev = spec.eval
+    timer = _Timer()
+    t0 = time.perf_counter()
+    toy = _is_toy(spec)
+    toy_prompts = toy and ev.prompts is None
+    plan = plan or check_eval_spec(spec)
+    assert plan is not None
+    primary, tasks, prompts, prompts_source = plan.primary_judge, plan.lm_eval_tasks, plan.prompts, plan.prompts_source
+    manager = None
+    if tasks:
+        from harness.lmeval import task_manager
+
+        with timer("lm_eval"):
+            manager = task_manager(tasks, ev.lm_eval_include, _world(spec) if toy else None)
+    if baseline is not None:
+        baseline = resolve_model_dir(baseline)
+    instructions = [prompt_text(p) for p in prompts]
+    params = sampling_params(ev)
+    device = next(model.parameters()).device
+    result: dict[str, Any] = {
+        "n_prompts": len(prompts), "prompts_source": prompts_source, "candidate": model_path,
+        "baseline": baseline, "sampling": {k: v for k, v in asdict(params).items()}, "skipped": {},
+    }
+    skipped: dict[str, str] = result["skipped"]
+    errors: dict[str, str] = {}
+
+    with timer("generation"):
+        cand = _sample(model, tok, model_path, prompts, params, ev)
+    cand_text = [c.text for c in cand]
+    result["avg_new_tokens"] = sum(c.n_tokens for c in cand) / len(cand)
+    result["finish_reasons"] = {r: sum(c.finish_reason == r for c in cand) for r in ("eos", "stop", "length")}
+
+    base_text: list[str] | None = None
+    base_ntok: list[int] | None = None
+    base = _Baseline(baseline, device) if baseline is not None else None
+    if base is not None:
+        with timer("baseline_generation"):  # a cache hit costs hashing the baseline's weights
+            backend = "vllm" if _use_vllm(ev) else "hf"
+            cache = _baseline_cache_path(base.path, prompts, params, backend)
+            cached = _read_cached(cache, len(prompts))
+        result["baseline_cache_hit"] = cached is not None
+        if cached is None:
+            with timer("load_baseline"):
+                bm, btok = base.get()
+            with timer("baseline_generation"):
+                outs = _sample(bm, btok, base.path, prompts, params, ev)
+                cached = [{"text": c.text, "n_tokens": c.n_tokens} for c in outs]
+                atomic_write_text(cache, json.dumps(cached))
+        if cached is not None:
+            base_text = [r["text"] for r in cached]
+            base_ntok = [r["n_tokens"] for r in cached]
+        result["baseline_avg_length"] = sum(map(len, base_text)) / len(base_text)
+    else:
+        skipped["baseline"] = "no baseline model: set eval.baseline (or model.reference) for win rates and KL"
+
+    gold: list[float] | None = None
+    base_gold: list[float] | None = None
+    if toy_prompts and ev.gold_reward:
+        with timer("gold_reward"):
+            gold = [toyworld.gold_reward(p, o) for p, o in zip(instructions, cand_text)]
+            result["gold_reward_mean"], result["gold_reward_std"] = _mean_std(gold)
+            if base_text is not None:
+                base_gold = [toyworld.gold_reward(p, o) for p, o in zip(instructions, base_text)]
+                result["baseline_gold_reward_mean"], result["baseline_gold_reward_std"] = _mean_std(base_gold)
+
+    judges: dict[str, Any] = {}
+    rm_scores: list[float] | None = None
+    base_rm: list[float] | None = None
+    if ev.reward_model:
+        with timer("reward_model"):
+            judges["reward_model"] = _build_judge("reward_model", ev, device)
+            rm_scores = judges["reward_model"].score_batch(list(zip(instructions, cand_text)))
+            result["rm_score_mean"], result["rm_score_std"] = _mean_std(rm_scores)
+            if base_text is not None:
+                base_rm = judges["reward_model"].score_batch(list(zip(instructions, base_text)))
+                result["baseline_rm_score_mean"], result["baseline_rm_score_std"] = _mean_std(base_rm)
+            result["reward_model"] = judges["reward_model"].identity
+
+    if base is not None and ev.kl_samples > 0:
+        with timer("load_baseline"):
+            bm, btok = base.get()
+        with timer("kl"):
+            if _same_vocab(tok, btok):
+                result.update(kl_estimate(model, tok, bm, prompts, ev.kl_samples, ev.max_new_tokens, ev.seed,
+                                          ev.batch_size))
+            else:
+                skipped["kl"] = "the baseline's tokenizer differs from the candidate's: KL over tokens is undefined"
+    elif ev.kl_samples == 0:
+        skipped["kl"] = "eval.kl_samples=0"
+
+    from harness.judges import JudgeError
+
+    preferences: list[float | None] | None = None
+    if base_text is not None:
+        kinds = _judge_kinds(primary, ev, toy_prompts)
+        result["judges"] = {}
+        with timer("judge"):
+            for kind in kinds:
+                judge = judges.get(kind) or _build_judge(kind, ev, device)
+                try:
+                    res, prefs = _pairwise(judge, kind, ev, instructions, cand_text, base_text)
+                except JudgeError as e:
+                    errors[f"judge/{kind}"] = str(e)
+                    continue
+                result["judges"][kind] = res
+                if kind == primary:
+                    preferences = prefs
+                    result["judge"] = res["judge"]
+                    result["judging"] = res["judging"]
+                    for col in PAIRWISE_COLUMNS:
+                        if col in res:
+                            result[col] = res[col]
+                    if "error" in res:
+                        errors[f"judge/{kind}"] = res["error"]
+        if primary == "none":
+            skipped["win_rate"] = "eval.judge=none"
+
+    if tasks:
+        from harness.lmeval import run_lm_eval
+
+        with timer("lm_eval"):
+            result["lm_eval"] = run_lm_eval(
+                model, tok, tasks, include=ev.lm_eval_include, num_fewshot=ev.lm_eval_num_fewshot,
+                limit=ev.lm_eval_limit, batch_size=ev.lm_eval_batch_size,
+                apply_chat_template=ev.lm_eval_chat_template, seed=ev.seed,
+                world=_world(spec) if toy else None, manager=manager,
+            )
+
+    rows = []
+    for i, c in enumerate(cand):
+        rows.append({
+            "prompt": instructions[i], "output": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason,
+            "baseline_output": base_text[i] if base_text is not None else None,
+            "baseline_n_tokens": base_ntok[i] if base_ntok is not None else None,
+            "preference": preferences[i] if preferences is not None else None,
+            "verdict": _verdict(preferences[i]) if preferences is not None else None,
+            "gold_reward": gold[i] if gold is not None else None,
+            "baseline_gold_reward": base_gold[i] if base_gold is not None else None,
+            "rm_score": rm_scores[i] if rm_scores is not None else None,
+            "baseline_rm_score": base_rm[i] if base_rm is not None else None,
+        })
+    _write_samples(rows, out_dir, tracker)
+    if errors:
+        result["errors"] = errors
+    timer.seconds["total"] = time.perf_counter() - t0
+    result["timing_s"] = timer.seconds
+    return result
+
+
+def _write_samples(rows: list[dict[str, Any]], out_dir: Path | None, tracker: Any) -> None:
+    if not rows:
+        return
+    if out_dir is not None:
+        atomic_write_text(Path(out_dir) / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    if tracker is not None:
+        columns = list(rows[0])
+        tracker.log_table("eval/samples", columns, [[r[c] for c in columns] for r in rows])
+
+
+# --------------------------------------------------------------------------- reward models
+
+
+def toy_heldout_pairs(world: toyworld.World, per_prompt: int = TOY_RM_PAIRS_PER_PROMPT) -> list[dict[str, Any]]:
+    """Fresh preference pairs on the world's held-out prompts, labelled by the gold reward
+    without annotator noise (ties dropped): what a perfect reward model ranks 100% right."""
+    rng = random.Random(world.seed * 31 + 5)
+    pools = [toyworld.POSITIVE, toyworld.NEGATIVE, toyworld.NEUTRAL]
+    pairs = []
+    for prompt in world.eval_prompts():
+        subject = toy_subject(prompt)
+
+        def response(subject: str = subject) -> str:
+            s = subject if rng.random() < 0.8 else rng.choice(toyworld.SUBJECTS)
+            adj = {k: rng.choice(rng.choice(pools)) for k in ("a", "b", "c")}
+            return rng.choice(toyworld.RESPONSE_TEMPLATES).format(s=s, **adj)
+
+        made = 0
+        while made < per_prompt:
+            a, b = response(), response()
+            ra, rb = toyworld.gold_reward(prompt, a), toyworld.gold_reward(prompt, b)
+            if ra == rb:
+                continue
+            chosen, rejected = (a, b) if ra > rb else (b, a)
+            pairs.append({"prompt": [{"role": "user", "content": prompt}], "chosen": chosen, "rejected": rejected})
+            made += 1
+    return pairs
+
+
+def load_rm_pairs(spec: RunSpec) -> tuple[list[dict[str, Any]], str]:
+    from harness.data import DataError, load_records
+    from harness.methods_api import DataKind
+
+    ev = spec.eval
+    if ev.rm_pairs is not None:
+        source, split = ev.rm_pairs, ev.rm_pairs_split
+    elif _is_toy(spec):
+        return toy_heldout_pairs(_world(spec)), "toy world held-out prompts, gold-labelled pairs"
+    elif spec.data.eval_split is not None:
+        source, split = spec.data.source, spec.data.eval_split
+    else:
+        raise EvalError("no held-out pairs for reward-model accuracy: set eval.rm_pairs or data.eval_split")
+    try:
+        loaded = load_records(source, split, DataKind.PAIRED)
+    except DataError as e:
+        raise EvalError(f"eval.rm_pairs: {e}") from None
+    return loaded.records, loaded.source
+
+
+@torch.no_grad()
+def reward_accuracy(model: Any, tok: Any, pairs: list[dict[str, Any]], max_length: int, max_prompt_length: int,
+                    batch_size: int = 32) -> dict[str, float]:
+    """Share of pairs whose chosen reply scores above the rejected one (ties count half),
+    scoring sequences exactly as reward training formats them (:mod:`harness.batching`)."""
+    from harness.batching import collate, tokenize_records
+    from harness.methods_api import DataKind
+    from harness.train import forward_segments
+
+    examples = tokenize_records(pairs, tok, DataKind.PAIRED, max_length, max_prompt_length)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    margins: list[float] = []
+    try:
+        for lo in range(0, len(examples), batch_size):
+            batch = collate(examples[lo:lo + batch_size], tok.pad_token_id, ("chosen", "rejected")).to(device)
+            out = forward_segments(model, batch, "reward")
+            margins += (out["chosen"].score - out["rejected"].score).float().cpu().tolist()
+    finally:
+        model.train(was_training)
+    correct = [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
+    acc, std = _mean_std(correct)
+    return {
+        "rm_accuracy": acc,
+        "rm_accuracy_stderr": std / math.sqrt(len(correct)) if len(correct) > 1 else math.nan,
+        "rm_margin_mean": sum(margins) / len(margins),
+        "rm_n_pairs": len(margins),
+    }
+
+
+def _reward_eval(model: Any, tok: Any, spec: RunSpec, out_dir: Path | None, tracker: Any) -> dict[str, Any]:
+    timer = _Timer()
+    t0 = time.perf_counter()
+    pairs, source = load_rm_pairs(spec)
+    with timer("rm_accuracy"):
+        res = reward_accuracy(model, tok, pairs, spec.train.max_length, spec.train.max_prompt_length,
+                              spec.eval.batch_size)
+    res["rm_pairs_source"] = source
+    timer.seconds["total"] = time.perf_counter() - t0
+    res["timing_s"] = timer.seconds
+    return res
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def evaluate_trained(
+    *, run: Any, spec: RunSpec, model: Any, tokenizer: Any, baseline_path: str | None, tracker: Any = None
+) -> dict[str, Any]:
+    """Evaluate a model that just finished training (called by ``harness.runner``).
+
+    ``baseline_path`` is the run's starting point (its reference for methods with one);
+    ``eval.baseline`` overrides it.  Results are returned (the runner stores them as the
+    summary's ``eval``); samples are written to ``<run>/samples.jsonl``.
+    """
+    out_dir = Path(run.path) if run is not None else None
+    if _method_name(spec) == "reward" or getattr(model.config, "num_labels", None) == 1 and \
+            type(model).__name__.endswith("ForSequenceClassification"):
+        return _reward_eval(model, tokenizer, spec, out_dir, tracker)
+    # the runner saves the weights before evaluating: a path lets vLLM serve the samples
+    model_path = str(run.final_dir) if run is not None and Path(run.final_dir).is_dir() else None
+    return _policy_eval(model, tokenizer, spec, model_path=model_path, baseline=spec.eval.baseline or baseline_path,
+                        out_dir=out_dir, tracker=tracker)
+
+
+def evaluate_model_dir(
+    model_dir: str | Path,
+    spec: RunSpec,
+    *,
+    baseline_path: str | None = None,
+    out_dir: str | Path | None = None,
+    tracker: Any = None,
+) -> dict[str, Any]:
+    """Evaluate a saved model (run dir, ``final/``, adapter dir, hub id or ``toy``) with
+    ``spec.eval``; a sequence-classification model gets reward-model accuracy."""
+    path = resolve_model_dir(model_dir)
+    out = Path(out_dir) if out_dir is not None else None
+    if _method_name(spec) == "reward" or is_reward_model_dir(path):
+        from transformers import AutoModelForSequenceClassification
+
+        from harness.generation import load_tokenizer
+
+        tok = load_tokenizer(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tok.pad_token_id
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        return _reward_eval(model, tok, spec, out, tracker)
+    # configuration errors first: loading a large model only to fail on a missing key is slow
+    plan = check_eval_spec(spec)
+    model, tok = load_causal_lm(path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code)
+    return _policy_eval(model, tok, spec, model_path=path, baseline=spec.eval.baseline or baseline_path,
+                        out_dir=out, tracker=tracker, plan=plan)
