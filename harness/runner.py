@@ -341,21 +341,12 @@ def _evaluate(run: Run, spec: RunSpec, prep: Prepared, model: Any, tracker: Any)
                             tracker=tracker)
 
 
-class _NoTracker:
-    def log(self, metrics: dict[str, Any], step: int) -> None: ...
-    def log_summary(self, summary: dict[str, Any]) -> None: ...
-    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None: ...
-    def finish(self, status: str) -> None: ...
-
-
 def _tracker(spec: RunSpec, run: Run, override: str | None) -> Any:
+    from harness.tracking import Tracker, make_tracker
+
     mode = override or spec.tracking.mode
     if mode == "disabled":
-        return _NoTracker()
-    try:
-        from harness.tracking import make_tracker
-    except ImportError:
-        return _NoTracker()
-    tr = make_tracker(None if mode == "auto" else mode)
+        return Tracker()
+    tr = make_tracker(None if mode == "auto" else mode, project=spec.tracking.project)
     tr.start(run.path, run.name, spec_to_dict(spec), group=spec.tracking.group, job_type=spec.tracking.job_type or spec.method_name)
     return tr

@@ -198,7 +198,9 @@ def iter_runs(root: str | Path) -> Iterator[Run]:
         yield Run(root)
         return
     for cfg in sorted(root.rglob("config.yaml")):
-        if "checkpoints" in cfg.parts or "final" in cfg.parts:
+        rel = cfg.relative_to(root).parts
+        # model dirs and W&B's own files/config.yaml are not runs
+        if "checkpoints" in rel or "final" in rel or "wandb" in rel:
             continue
         yield Run(cfg.parent)
 
