@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -88,6 +89,53 @@ def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")
         f"loss {s.get('final_loss'):.4f}  tokens/s {s.get('tokens_per_s', 0):,.0f}  wall {s.get('wall_time_s', 0):.1f}s"
         + "".join(f"  {k} {v:.3f}" for k, v in shown.items() if isinstance(v, (int, float)))
     )
+
+
+QUICKSTART_SPEC = Path(__file__).resolve().parent.parent / "sweeps" / "quickstart.yaml"
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def quickstart(
+    args: list[str] = typer.Argument(None, help="key=value overrides of sweeps/quickstart.yaml"),
+    slots: int = typer.Option(1, "--slots", help="trials at a time (CPU)"),
+) -> None:
+    """The README's main job: toy world + SFT base, a five-method sweep, evaluation, report.
+
+    Re-running resumes the sweep (finished trials are kept) and rewrites the report.
+    """
+    import time
+
+    from harness import toyworld
+    from harness.cli_sweep import _describe, _run_worker, print_status
+    from harness.config import ConfigError
+    from harness.report import write_report
+    from harness.sweep import ensure_studies, load_sweep, sweep_status
+
+    t0 = time.perf_counter()
+    if not QUICKSTART_SPEC.exists():
+        fail(f"{QUICKSTART_SPEC} not found: run the quickstart from a checkout of align-harness")
+    try:
+        sw = load_sweep(QUICKSTART_SPEC, list(args or []))
+    except ConfigError as e:
+        fail(str(e))
+    from harness.config import merge_raw
+
+    model = str(merge_raw(sw.base, {}).get("model", {}).get("name_or_path", "toy"))
+    console.print(f"[bold]1/3[/] toy world and SFT base ({model}): built once, then cached in {toyworld.cache_root()}")
+    path = toyworld.resolve_model(model)
+    console.print(f"    base model: {path}  ({time.perf_counter() - t0:.0f}s)", highlight=False)
+    console.print("[bold]2/3[/] sweep: every method tuned with the same budget, each trial trained and evaluated")
+    _describe(sw)
+    try:
+        ensure_studies(sw)
+    except ConfigError as e:
+        fail(str(e))
+    _run_worker(sw, slots, None, 0, None)
+    print_status(sweep_status(sw))
+    console.print("[bold]3/3[/] report")
+    html = write_report(sw.output_dir)
+    console.print(f"report: {html}\n        {html.with_name('index.md')}", highlight=False)
+    console.print(f"quickstart wall time: {time.perf_counter() - t0:.0f}s")
 
 
 def _register_extensions() -> None:
