@@ -197,7 +197,7 @@ def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: A
     def compute(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         m = ref()
         with peft_setup.reference_context(m):
-            return compute_reference_logps(m, examples, segs, prep.tokenizer.pad_token_id, 32,
+            return compute_reference_logps(m, examples, segs, prep.tokenizer.pad_token_id, spec.train.batch_size,
                                            autocast_for(spec, accelerator.device), accelerator.device)
 
     out = []

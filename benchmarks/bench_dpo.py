@@ -1,0 +1,634 @@
+"""DPO speed and memory benchmark: this harness's training core against TRL's ``DPOTrainer``,
+and a DPO beta sweep with and without the shared reference log-prob cache.
+
+    nox -s bench                                # the full benchmark (about 8 min on 2 CPU cores)
+    python benchmarks/bench_dpo.py              # the same in the current environment
+    python benchmarks/bench_dpo.py --quick      # a much smaller smoke check
+
+Part 1 trains DPO on the toy world's 4-layer, 256-hidden model (``toy:bench``) with
+sequences of up to 256 tokens and 8 pairs per step, in fp32 and bf16, once with
+``harness.runner.execute`` and once with TRL's ``DPOTrainer`` under matched settings:
+the same weights (TRL gets an explicit reference copy), the same pairs and token ids
+(checked), one epoch, AdamW, cosine schedule, no gradient checkpointing, no eval, no
+saving during training.  Each configuration runs in its own subprocess so its peak
+memory is its own; on CPU a second, shorter run per configuration measures live memory
+(see ``MMAP_THRESHOLD``), since glibc's retained heap blurs the plain peak RSS.  Part 2 runs a 4-trial beta sweep twice: trials sharing the on-disk
+reference cache (cold for the first trial) and trials with ``train.ref_cache=false``.
+
+Numbers are printed as tables and written to ``benchmarks/results/bench_dpo-<time>.json``.
+Nothing here asserts on time: it is a measurement, not a test (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+MAX_LENGTH = 256
+MAX_PROMPT_LENGTH = 64
+BATCH_PAIRS = 8
+BETAS = (0.05, 0.1, 0.2, 0.5)
+#: the issue's target: our tokens/s at least this multiple of TRL's, at no more peak memory
+TARGET_SPEEDUP = 1.3
+#: glibc's default raises its mmap threshold after large frees and then keeps freed
+#: tensors in the heap, so RSS shows allocator history more than live memory; a fixed
+#: threshold returns every freed tensor (>= 128 KiB) to the OS (used by the live-memory runs)
+MMAP_THRESHOLD = 128 * 1024
+
+WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class PeakMemory:
+    """Peak memory of one phase of this process: CUDA allocator peak on a GPU, else the
+    resident-set high-water mark (VmHWM), which Linux resets to the current RSS when
+    ``5`` is written to ``/proc/self/clear_refs``."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        self.resettable = self.cuda or self._try_clear()
+
+    @staticmethod
+    def _try_clear() -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _status_mb(field: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+        raise RuntimeError(f"/proc/self/status has no {field}")
+
+    def current_mb(self) -> float:
+        if self.cuda:
+            import torch
+
+            return torch.cuda.memory_allocated() / 2**20
+        return self._status_mb("VmRSS") if self.resettable else float("nan")
+
+    def reset(self) -> float:
+        """Start a new phase; returns the memory in use at its start (MB)."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        elif self.resettable:
+            self._try_clear()
+        return self.current_mb()
+
+    def peak_mb(self) -> float:
+        if self.cuda:
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 2**20
+        if self.resettable:
+            return self._status_mb("VmHWM")
+        import resource
+
+        # not resettable (not Linux): the whole process's peak, stated as such in the output
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_pairs(n_pairs: int, seed: int, out: Path) -> dict[str, Any]:
+    """A jsonl of ``n_pairs`` long preference pairs from the toy world.
+
+    Each completion joins toy responses (chosen ones for ``chosen``, rejected ones for
+    ``rejected``) until prompt + completion + EOS reaches a per-sequence target length
+    drawn from [224, 256] tokens, so batches have realistic ragged padding and no
+    sequence is truncated by either trainer (TRL 1.16 truncates prompt+completion at
+    ``max_length``; ours truncates the completion to fit, which would then agree anyway).
+    """
+    from transformers import AutoTokenizer
+
+    from harness import toyworld
+    from harness.batching import render_prompt
+
+    world = toyworld.ensure_world()
+    tok = AutoTokenizer.from_pretrained(world.tokenizer_dir)
+    src = [json.loads(line) for line in world.split_path("paired").read_text().splitlines() if line.strip()]
+    rng = random.Random(seed)
+
+    def n_tokens(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    def grow(prompt_len: int, column: str) -> str:
+        target = rng.randint(MAX_LENGTH - 32, MAX_LENGTH)
+        parts: list[str] = []
+        while True:
+            candidate = " ".join([*parts, rng.choice(src)[column]])
+            if prompt_len + n_tokens(candidate) + 1 > target:  # + EOS
+                break
+            parts.append(candidate[len(" ".join(parts)):].strip())
+        if not parts:
+            raise RuntimeError(f"no toy response fits in {target - prompt_len} tokens")
+        return " ".join(parts)
+
+    rows = []
+    for i in range(n_pairs):
+        prompt = src[i % len(src)]["prompt"]
+        p_len = len(tok(render_prompt(tok, [{"role": "user", "content": prompt}]), add_special_tokens=False)["input_ids"])
+        if p_len > MAX_PROMPT_LENGTH:
+            raise RuntimeError(f"toy prompt {prompt!r} has {p_len} tokens, over {MAX_PROMPT_LENGTH}")
+        rows.append({"prompt": prompt, "chosen": grow(p_len, "chosen"), "rejected": grow(p_len, "rejected")})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"path": str(out), "pairs": n_pairs}
+
+
+# --------------------------------------------------------------------------- workers (subprocesses)
+
+
+def _common_imports() -> None:
+    """Both trainers' workers import the same libraries, so the library share of the
+    resident set is equal and the peak-RSS comparison is about training alone."""
+    import accelerate  # noqa: F401
+    import datasets  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+
+    import harness.data  # noqa: F401
+    import harness.runner  # noqa: F401
+
+    datasets.disable_progress_bars()
+
+
+def _core_overrides(job: dict[str, Any], beta: float, ref_cache: bool, name: str) -> list[str]:
+    return [
+        f"model={job['model_dir']}", f"data={job['data']}", "method=dpo", f"method.beta={beta}",
+        f"train.max_length={MAX_LENGTH}", f"train.max_prompt_length={MAX_PROMPT_LENGTH}",
+        f"train.batch_size={BATCH_PAIRS}", "train.grad_accum=1", f"train.precision={job['precision']}",
+        f"train.lr={job['lr']}", "train.schedule=cosine", "train.warmup_ratio=0.0", "train.weight_decay=0.0",
+        "train.max_grad_norm=1.0", "train.epochs=1", "train.gradient_checkpointing=false", "train.log_every=1",
+        "train.progress=false", f"train.ref_cache={str(ref_cache).lower()}", "data.eval_fraction=0.0",
+        "eval.enabled=false", "tracking.mode=disabled", "seed=0", f"output_dir={job['runs_dir']}", f"name={name}",
+    ]
+
+
+def _instrument_core(mem: PeakMemory, marks: dict[str, Any], steps: list[tuple[int, float, float]]) -> tuple[Any, Any]:
+    """Timing and memory marks around ``execute``: the reference pass starts right after
+    the model is loaded, the training loop at the first optimizer step.  Returns the
+    hooks and a function that removes the timer from ``runner.compute_references``."""
+    from harness import runner
+    from harness.train import TrainHooks
+
+    original = runner.compute_references
+
+    def timed_references(*args: Any, **kwargs: Any) -> Any:
+        marks["rss_after_load_mb"] = mem.reset()
+        t0 = time.perf_counter()
+        out = original(*args, **kwargs)
+        marks["ref_precompute_s"] = time.perf_counter() - t0
+        marks["ref_precompute_peak_mb"] = mem.peak_mb()
+        return out
+
+    runner.compute_references = timed_references
+
+    def first_step() -> None:
+        marks["rss_before_loop_mb"] = mem.reset()
+        marks["t_loop_start"] = time.perf_counter()
+
+    def on_log(row: dict[str, Any]) -> None:
+        if "loss" in row:
+            steps.append((int(row["step"]), time.perf_counter(), float(row["loss"])))
+            marks["loop_peak_mb"] = mem.peak_mb()
+
+    def restore() -> None:
+        runner.compute_references = original
+
+    return TrainHooks(on_first_step=first_step, on_log=on_log), restore
+
+
+def _loop_stats(marks: dict[str, Any], steps: list[tuple[int, float, float]], tokens: int) -> dict[str, Any]:
+    t0 = marks["t_loop_start"]
+    times = [t0] + [t for _, t, _ in steps]
+    durations = [b - a for a, b in zip(times, times[1:])]
+    loop_s = steps[-1][1] - t0
+    return {
+        "steps": len(steps), "tokens": tokens, "loop_s": loop_s, "tokens_per_s": tokens / loop_s,
+        "median_step_s": statistics.median(durations), "first_loss": steps[0][2], "last_loss": steps[-1][2],
+    }
+
+
+def worker_core(job: dict[str, Any]) -> dict[str, Any]:
+    _common_imports()
+    import torch
+
+    from harness import runner
+    from harness.config import load_spec
+
+    mem = PeakMemory()
+    marks: dict[str, Any] = {}
+    steps: list[tuple[int, float, float]] = []
+    hooks, restore = _instrument_core(mem, marks, steps)
+    spec = load_spec(None, _core_overrides(job, job["beta"], True, job["label"]))
+    t0 = time.perf_counter()
+    run = runner.execute(spec, hooks=hooks, tracking="disabled")
+    wall = time.perf_counter() - t0
+    restore()
+    summary = json.loads((run.path / "summary.json").read_text())
+    stats = _loop_stats(marks, steps, int(summary["tokens"]))
+    return {
+        **stats, "trainer": "ours", "precision": job["precision"], "peak_mb": marks["loop_peak_mb"],
+        "rss_before_loop_mb": marks["rss_before_loop_mb"], "rss_after_load_mb": marks["rss_after_load_mb"],
+        "ref_precompute_s": marks["ref_precompute_s"], "ref_precompute_peak_mb": marks["ref_precompute_peak_mb"],
+        "reference_cache": summary["reference_cache"], "core_tokens_per_s": summary["tokens_per_s"],
+        "execute_wall_s": wall, "threads": torch.get_num_threads(), "memory_resettable": mem.resettable,
+        "cuda": mem.cuda, "total_params": summary["total_params"],
+    }
+
+
+def worker_trl(job: dict[str, Any]) -> dict[str, Any]:
+    _common_imports()
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    mem = PeakMemory()
+    marks: dict[str, Any] = {}
+    steps: list[tuple[int, float, float]] = []
+    rows = [json.loads(line) for line in Path(job["data"]).read_text().splitlines() if line.strip()]
+    # conversational rows: TRL then renders prompts with the chat template exactly as the harness does
+    ds = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": r["prompt"]}],
+         "chosen": [{"role": "assistant", "content": r["chosen"]}],
+         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+        for r in rows
+    ])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = AutoTokenizer.from_pretrained(job["model_dir"])
+    policy = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32).to(device)
+    reference = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32).to(device)
+    marks["rss_after_load_mb"] = mem.reset()
+
+    class Clock(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            marks["setup_peak_mb"] = mem.peak_mb()
+            marks["rss_before_loop_mb"] = mem.reset()
+            marks["t_loop_start"] = time.perf_counter()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            if logs and "loss" in logs and "train_runtime" not in logs:
+                steps.append((int(state.global_step), time.perf_counter(), float(logs["loss"])))
+                marks["loop_peak_mb"] = mem.peak_mb()
+
+    cfg = DPOConfig(
+        output_dir=str(Path(job["runs_dir"]) / job["label"]),
+        per_device_train_batch_size=BATCH_PAIRS, gradient_accumulation_steps=1, num_train_epochs=1,
+        learning_rate=job["lr"], lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        optim="adamw_torch", gradient_checkpointing=False, bf16=job["precision"] == "bf16", fp16=False,
+        use_cpu=device == "cpu", report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
+        max_length=MAX_LENGTH, beta=job["beta"], loss_type=["sigmoid"], precompute_ref_log_probs=False,
+        seed=0, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=cfg, train_dataset=ds, processing_class=tok,
+                         callbacks=[Clock()])
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    # after timing: TRL's token ids against the harness's own tokenisation of the same file
+    tokens, mismatched = _compare_tokens(job, tok, trainer.train_dataset)
+    stats = _loop_stats(marks, steps, tokens)
+    return {
+        **stats, "trainer": "trl", "precision": job["precision"], "peak_mb": marks["loop_peak_mb"],
+        "rss_before_loop_mb": marks["rss_before_loop_mb"], "rss_after_load_mb": marks["rss_after_load_mb"],
+        "setup_peak_mb": marks["setup_peak_mb"], "train_call_wall_s": wall, "mismatched_sequences": mismatched,
+        "threads": torch.get_num_threads(), "memory_resettable": mem.resettable, "cuda": mem.cuda,
+    }
+
+
+def _compare_tokens(job: dict[str, Any], tok: Any, trl_dataset: Any) -> tuple[int, int]:
+    """(non-pad tokens TRL trained on in one epoch, sequences whose ids differ from ours)."""
+    from harness.batching import tokenize_records
+    from harness.data import load_records
+    from harness.methods_api import DataKind
+
+    ours = tokenize_records(load_records(job["data"], "train", DataKind.PAIRED).records, tok, DataKind.PAIRED,
+                            MAX_LENGTH, MAX_PROMPT_LENGTH)
+    tokens = mismatched = 0
+    for mine, theirs in zip(ours, trl_dataset, strict=True):
+        for seg in ("chosen", "rejected"):
+            ids = (theirs["prompt_ids"] + theirs[f"{seg}_ids"])[:MAX_LENGTH]
+            tokens += len(ids)
+            s = mine["segments"][seg]
+            mismatched += int(ids != s["input_ids"] or len(theirs["prompt_ids"]) != s["prompt_len"])
+    return tokens, mismatched
+
+
+def worker_sweep(job: dict[str, Any]) -> dict[str, Any]:
+    _common_imports()
+    from harness import runner
+    from harness.config import load_spec
+
+    mem = PeakMemory()
+    trials = []
+    t_all = time.perf_counter()
+    for beta in job["betas"]:
+        marks: dict[str, Any] = {}
+        steps: list[tuple[int, float, float]] = []
+        hooks, restore = _instrument_core(mem, marks, steps)
+        spec = load_spec(None, _core_overrides(job, beta, job["ref_cache"], f"{job['label']}-b{beta}"))
+        t0 = time.perf_counter()
+        run = runner.execute(spec, hooks=hooks, tracking="disabled")
+        wall = time.perf_counter() - t0
+        restore()
+        summary = json.loads((run.path / "summary.json").read_text())
+        trials.append({
+            "beta": beta, "wall_s": wall, "ref_s": marks["ref_precompute_s"], "reference_cache": summary["reference_cache"],
+            "loop_s": steps[-1][1] - marks["t_loop_start"], "final_loss": summary["final_loss"], "steps": summary["steps"],
+        })
+    return {"ref_cache": job["ref_cache"], "trials": trials, "total_s": time.perf_counter() - t_all}
+
+
+WORKERS = {"core": worker_core, "trl": worker_trl, "sweep": worker_sweep}
+
+
+def worker_main(job_path: Path) -> None:
+    job = json.loads(job_path.read_text())
+    load0 = os.getloadavg()
+    result = WORKERS[job["kind"]](job)
+    result["loadavg"] = [load0[0], os.getloadavg()[0]]
+    Path(job["result"]).write_text(json.dumps(result, indent=1))
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def spawn(job: dict[str, Any], work: Path, label: str, env_extra: dict[str, str]) -> dict[str, Any]:
+    """Run one configuration in a fresh interpreter; its log stays in the work directory."""
+    job_path = work / f"{label}.job.json"
+    job["label"] = label  # also the run name: unique within the work directory
+    job["result"] = str(work / f"{label}.result.json")
+    job_path.write_text(json.dumps(job))
+    log = work / f"{label}.log"
+    env = {**os.environ, **WORKER_ENV, **env_extra}
+    print(f"  running {label} ...", end="", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(job_path)],
+                              stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    print(f" {time.perf_counter() - t0:.0f} s", flush=True)
+    if proc.returncode != 0:
+        tail = log.read_text()[-4000:]
+        raise SystemExit(f"benchmark worker {label!r} failed (exit {proc.returncode}); log {log}:\n{tail}")
+    return dict(json.loads(Path(job["result"]).read_text()))
+
+
+def _fmt(x: float, spec: str = ".1f") -> str:
+    return "n/a" if x != x else format(x, spec)  # NaN when memory cannot be measured
+
+
+def _pick(rows: list[dict[str, Any]], prec: str, trainer: str) -> dict[str, Any]:
+    return next(r for r in rows if r["precision"] == prec and r["trainer"] == trainer)
+
+
+def _whole_peak(r: dict[str, Any]) -> float:
+    """Peak from model load to the end of the loop: the reference pass (ours) or the
+    trainer's set-up (TRL) can be the peak phase."""
+    return max(r["peak_mb"], r.get("ref_precompute_peak_mb", r.get("setup_peak_mb", 0.0)))
+
+
+def print_part1(rows: list[dict[str, Any]], live: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    cuda = rows[0]["cuda"]
+    print()
+    print(f"Part 1 - DPO on {meta['model']} ({meta['params'] / 1e6:.2f}M params), {meta['pairs']} pairs x 1 epoch = "
+          f"{meta['steps']} steps of {BATCH_PAIRS} pairs, sequences <= {MAX_LENGTH} tokens "
+          f"(mean {meta['mean_seq']:.0f}), torch threads {rows[0]['threads']}"
+          + (f", best of {meta['repeats']} runs" if meta["repeats"] > 1 else ""))
+    unit = "GPU MB" if cuda else "RSS MB"
+    head = (f"{'precision':<9} {'trainer':<7} {'tokens':>7} {'loop s':>7} {'tokens/s':>9} {'median step s':>13} "
+            f"{'ref pass s':>10} {'peak ' + unit:>11} {'growth MB':>9} {'loss@1':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ref = _fmt(r["ref_precompute_s"], ".2f") if "ref_precompute_s" in r else "-"
+        print(f"{r['precision']:<9} {('ours' if r['trainer'] == 'ours' else 'TRL'):<7} {r['tokens']:>7} {r['loop_s']:>7.2f} "
+              f"{r['tokens_per_s']:>9.0f} {r['median_step_s']:>13.3f} {ref:>10} {_fmt(r['peak_mb']):>11} "
+              f"{_fmt(r['peak_mb'] - r['rss_before_loop_mb']):>9} {r['first_loss']:>7.4f}")
+    if live:
+        print()
+        print(f"Live memory: the same runs on {meta['live_pairs']} pairs with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} "
+              f"so freed tensors go back to the OS and RSS follows what is allocated (slower: not timed)")
+        head_m = f"{'precision':<9} {'trainer':<7} {'loop peak RSS MB':>16} {'growth MB':>9} {'peak incl. ref pass / set-up':>28}"
+        print(head_m)
+        print("-" * len(head_m))
+        for r in live:
+            print(f"{r['precision']:<9} {('ours' if r['trainer'] == 'ours' else 'TRL'):<7} {_fmt(r['peak_mb']):>16} "
+                  f"{_fmt(r['peak_mb'] - r['rss_before_loop_mb']):>9} {_fmt(_whole_peak(r)):>28}")
+    print()
+    print("Ratios, ours / TRL (speed: higher is better; memory: lower is better)")
+    mem_head = "memory" if cuda else "memory (live)  memory (RSS)"
+    head2 = (f"{'precision':<9} {'tokens/s':>8} {'median step':>11} {'end-to-end, cold ref':>20}  {mem_head}"
+             f"   target >= {TARGET_SPEEDUP}x speed at <= 1.0x memory")
+    print(head2)
+    print("-" * len(head2))
+    verdicts = []
+    for prec in meta["precisions"]:
+        ours, trl = _pick(rows, prec, "ours"), _pick(rows, prec, "trl")
+        speed = ours["tokens_per_s"] / trl["tokens_per_s"]
+        step = trl["median_step_s"] / ours["median_step_s"]
+        e2e = (ours["tokens"] / (ours["loop_s"] + ours["ref_precompute_s"])) / trl["tokens_per_s"]
+        rss = ours["peak_mb"] / trl["peak_mb"]
+        # on a GPU the allocator's own peak is exact; on CPU the live-memory pass decides
+        mem = rss if cuda or not live else _pick(live, prec, "ours")["peak_mb"] / _pick(live, prec, "trl")["peak_mb"]
+        ok = speed >= TARGET_SPEEDUP and mem <= 1.0
+        verdicts.append({"precision": prec, "speed_ratio": speed, "median_step_ratio": step, "end_to_end_ratio": e2e,
+                         "memory_ratio": mem, "rss_ratio_default_malloc": rss, "pass": ok})
+        mem_cols = f"{mem:>6.2f}x" if cuda else f"{mem:>12.2f}x {rss:>12.2f}x"
+        print(f"{prec:<9} {speed:>7.2f}x {step:>10.2f}x {e2e:>19.2f}x  {mem_cols}   {'PASS' if ok else 'MISS'}")
+    same = all(r.get("mismatched_sequences", 0) == 0 for r in rows)
+    equal_tokens = len({r["tokens"] for r in rows}) == 1
+    print(f"Same token ids in both trainers: {'yes' if same else 'NO'}; same tokens processed in every run: "
+          f"{'yes' if equal_tokens else 'NO'}")
+    return verdicts
+
+
+def print_part2(cached: dict[str, Any], plain: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    print()
+    print(f"Part 2 - DPO beta sweep, {len(BETAS)} trials x {meta['sweep_pairs']} pairs "
+          f"({meta['sweep_steps']} steps), {meta['sweep_precision']}; wall time of each trial's whole execute()")
+    head = (f"{'beta':>5}  {'shared cache: wall s':>20} {'ref s':>6} {'cache':>5}   "
+            f"{'ref_cache=false: wall s':>23} {'ref s':>6}")
+    print(head)
+    print("-" * len(head))
+    for a, b in zip(cached["trials"], plain["trials"], strict=True):
+        state = "hit" if a["reference_cache"].get("hits") else "miss"
+        print(f"{a['beta']:>5}  {a['wall_s']:>20.2f} {a['ref_s']:>6.2f} {state:>5}   {b['wall_s']:>23.2f} {b['ref_s']:>6.2f}")
+    tc = sum(t["wall_s"] for t in cached["trials"])
+    tp = sum(t["wall_s"] for t in plain["trials"])
+    print(f"{'total':>5}  {tc:>20.2f} {'':>6} {'':>5}   {tp:>23.2f}")
+    ratio = tp / tc
+    print(f"Sweep time ratio, independent runs / shared cache: {ratio:.2f}x ({(1 - tc / tp) * 100:.0f}% less time)")
+    return {"cached_total_s": tc, "independent_total_s": tp, "ratio": ratio}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke version (16 pairs, 2 steps per run)")
+    ap.add_argument("--pairs", type=int, default=None, help="pairs per timed part-1 run (multiple of 8; default 256)")
+    ap.add_argument("--live-pairs", type=int, default=None, help="pairs per live-memory run (default 64; 0 skips them)")
+    ap.add_argument("--sweep-pairs", type=int, default=None, help="pairs per sweep trial (default 96)")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per part-1 configuration, interleaved; the "
+                    "fastest is reported (use 2-3 on a busy machine)")
+    ap.add_argument("--sweep-precision", choices=["fp32", "bf16"], default="bf16")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32,bf16")
+    ap.add_argument("--model", default="toy:bench", help="toy model size to benchmark (toy:bench is the issue's)")
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--beta", type=float, default=0.1, help="DPO beta of part 1")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (runs, logs)")
+    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker is not None:
+        worker_main(args.worker)
+        return
+
+    pairs = args.pairs or (16 if args.quick else 256)
+    live_pairs = args.live_pairs if args.live_pairs is not None else (16 if args.quick else 64)
+    sweep_pairs = args.sweep_pairs or (16 if args.quick else 96)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    for label, n in (("--pairs", pairs), ("--sweep-pairs", sweep_pairs), ("--live-pairs", live_pairs or BATCH_PAIRS)):
+        if n < BATCH_PAIRS or n % BATCH_PAIRS:
+            ap.error(f"{label} must be a positive multiple of {BATCH_PAIRS}, got {n}")
+    if live_pairs > pairs:
+        ap.error(f"--live-pairs ({live_pairs}) must not exceed --pairs ({pairs})")
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
+    bad = [p for p in precisions if p not in ("fp32", "bf16")]
+    if bad or not precisions:
+        ap.error(f"--precisions: expected fp32 and/or bf16, got {args.precisions!r}")
+    for k, v in WORKER_ENV.items():
+        os.environ.setdefault(k, v)
+
+    from harness import toyworld
+
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    print(f"DPO benchmark: ours vs TRL; {os.cpu_count()} CPUs, load average {load_start[0]:.1f} "
+          f"(other processes share the CPU: numbers are noisier the higher it is)")
+    t0 = time.perf_counter()
+    model_dir = toyworld.resolve_model(args.model)
+    if model_dir is None:
+        ap.error(f"--model must be a toy model (toy:<size>), got {args.model!r}")
+    print(f"toy model {args.model}: {model_dir} (ready in {time.perf_counter() - t0:.0f} s; built once, then cached)")
+    work = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
+    try:
+        data = make_pairs(pairs, seed=0, out=work / "pairs.jsonl")
+        live_data = work / "pairs-live.jsonl"  # the first pairs of the timed runs' file
+        live_data.write_text("".join(Path(data["path"]).read_text().splitlines(keepends=True)[:live_pairs]))
+        sweep_data = make_pairs(sweep_pairs, seed=1, out=work / "sweep-pairs.jsonl")
+        common = {"model_dir": str(model_dir), "lr": args.lr, "beta": args.beta, "runs_dir": str(work / "runs")}
+        print(f"part 1: {pairs} pairs, {pairs // BATCH_PAIRS} steps per timed run"
+              + (f", {live_pairs} pairs per live-memory run" if live_pairs else "")
+              + f"; part 2: {len(BETAS)} trials x {sweep_pairs} pairs, {sweep_pairs // BATCH_PAIRS} steps each")
+        timed: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for rep in range(args.repeats):
+            for prec in precisions:
+                for kind in ("core", "trl"):
+                    label = f"{kind}-{prec}" + (f"-r{rep + 1}" if args.repeats > 1 else "")
+                    # a fresh cache root per run: the reference pass is cold and measured
+                    env = {"ALIGN_HARNESS_CACHE": str(work / f"cache-{label}")}
+                    job = {**common, "kind": kind, "precision": prec, "data": data["path"]}
+                    timed.setdefault((kind, prec), []).append(spawn(job, work, label, env))
+        rows = [max(timed[(kind, prec)], key=lambda r: r["tokens_per_s"]) for prec in precisions for kind in ("core", "trl")]
+        live: list[dict[str, Any]] = []
+        if live_pairs and not rows[0]["cuda"]:
+            for prec in precisions:
+                for kind in ("core", "trl"):
+                    env = {"ALIGN_HARNESS_CACHE": str(work / f"cache-live-{kind}-{prec}"),
+                           "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+                    job = {**common, "kind": kind, "precision": prec, "data": str(live_data)}
+                    live.append(spawn(job, work, f"live-{kind}-{prec}", env))
+        sweeps = {}
+        for cached in (True, False):
+            env = {"ALIGN_HARNESS_CACHE": str(work / f"cache-sweep-{cached}")}
+            job = {**common, "kind": "sweep", "precision": args.sweep_precision, "data": sweep_data["path"],
+                   "betas": list(BETAS), "ref_cache": cached}
+            sweeps[cached] = spawn(job, work, f"sweep-{'cached' if cached else 'independent'}", env)
+
+        ours0 = rows[0]
+        meta = {
+            "model": args.model, "params": ours0["total_params"], "pairs": pairs, "steps": pairs // BATCH_PAIRS,
+            "mean_seq": ours0["tokens"] / (2 * pairs), "precisions": precisions, "sweep_pairs": sweep_pairs,
+            "sweep_steps": sweep_pairs // BATCH_PAIRS, "sweep_precision": args.sweep_precision,
+            "repeats": args.repeats, "live_pairs": live_pairs,
+        }
+        verdicts = print_part1(rows, live, meta)
+        sweep = print_part2(sweeps[True], sweeps[False], meta)
+        load_end = os.getloadavg()
+        total = time.perf_counter() - t_start
+        print()
+        print(f"benchmark took {total:.0f} s; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end "
+              f"on {os.cpu_count()} CPUs")
+        report = _report(args, meta, rows, live, timed, verdicts, sweeps, sweep, load_start, load_end, total)
+        args.results.mkdir(parents=True, exist_ok=True)
+        out = args.results / f"bench_dpo-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
+        out.write_text(json.dumps(report, indent=1))
+        print(f"numbers written to {out}")
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(args: argparse.Namespace, meta: dict[str, Any], rows: list[dict[str, Any]], live: list[dict[str, Any]],
+            timed: dict[tuple[str, str], list[dict[str, Any]]], verdicts: list[dict[str, Any]],
+            sweeps: dict[bool, dict[str, Any]], sweep: dict[str, Any], load_start: tuple[float, ...],
+            load_end: tuple[float, ...], total: float) -> dict[str, Any]:
+    import torch
+    import transformers
+    import trl
+
+    return {
+        "benchmark": "bench_dpo", "quick": args.quick, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "settings": {**meta, "max_length": MAX_LENGTH, "max_prompt_length": MAX_PROMPT_LENGTH,
+                     "batch_pairs": BATCH_PAIRS, "lr": args.lr, "beta": args.beta, "betas": list(BETAS),
+                     "target_speedup": TARGET_SPEEDUP},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+                    "loadavg_start": list(load_start), "loadavg_end": list(load_end),
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "part1": {"runs": rows, "live_memory_runs": live, "ratios": verdicts,
+                  "all_timed_runs": {f"{k}-{p}": v for (k, p), v in timed.items()}},
+        "part2": {"cached": sweeps[True], "independent": sweeps[False], **sweep},
+        "total_s": total,
+    }
+
+
+if __name__ == "__main__":
+    main()
