@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -151,3 +153,42 @@ def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: tor
     picked = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1)
     token_logps = picked - torch.logsumexp(logits, dim=-1)
     return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+#: bump when tokenisation changes, so cached tokenised datasets are rebuilt
+TOKENIZE_VERSION = 1
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    h.update(repr((tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)).encode())
+    return h.hexdigest()[:24]
+
+
+def tokenize_cached(
+    records: list[dict[str, Any]], tokenizer: Any, kind: DataKind, max_length: int, max_prompt_length: int,
+    cache_dir: Path | None,
+) -> list[dict[str, Any]]:
+    """:func:`tokenize_records`, cached on disk by the records' content, the tokenizer and the
+    lengths, so sweep trials over the same data skip tokenisation."""
+    if cache_dir is None:
+        return tokenize_records(records, tokenizer, kind, max_length, max_prompt_length)
+    h = hashlib.sha256(json.dumps([TOKENIZE_VERSION, kind.value, max_length, max_prompt_length,
+                                   tokenizer_fingerprint(tokenizer)]).encode())
+    for r in records:
+        h.update(json.dumps(r, sort_keys=True).encode())
+    path = cache_dir / f"{h.hexdigest()[:32]}.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            path.unlink(missing_ok=True)  # torn or corrupt: rebuild
+    examples = tokenize_records(records, tokenizer, kind, max_length, max_prompt_length)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(examples))
+    os.replace(tmp, path)
+    return examples

@@ -151,7 +151,7 @@ class TrainSpec:
     save_every: int | None = None
     #: checkpoint directory to resume from (``runs/<name>/checkpoints/step-N``)
     resume_from: str | None = None
-    #: cache reference log-probs on disk, keyed by (reference, data, lengths, precision)
+    #: cache reference log-probs and tokenised data on disk, keyed by content (weights, data, lengths, precision)
     ref_cache: bool = True
     progress: bool = True
 

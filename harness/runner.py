@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from harness import peft_setup, toyworld
-from harness.batching import fingerprint, tokenize_records
+from harness.batching import fingerprint, tokenize_cached
 from harness.config import RunSpec, spec_to_dict
 from harness.methods_api import METHODS, SEGMENTS, DataKind, MethodAdapter, load_methods
 from harness.store import Run, atomic_write_text
@@ -73,13 +73,21 @@ def resolve_data_source(spec: RunSpec, kind: DataKind) -> str:
     return str(world.split_path(TOY_SPLIT[kind]))
 
 
+LOCAL_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv", ".yaml", ".yml", ".safetensors", ".bin", ".arrow"}
+
+
+def looks_local(value: str) -> bool:
+    """A local path rather than a hub id (``Qwen/Qwen2.5-0.5B-Instruct`` has a dot but is an id)."""
+    return value.startswith((".", "/", "~")) or Path(value).suffix.lower() in LOCAL_SUFFIXES
+
+
 def check_spec(spec: RunSpec) -> MethodAdapter:
     """Cheap checks that need no model: local paths exist, sizes fit."""
     load_methods()
     adapter = METHODS.get(spec.method_name)
     for label, value in (("model.name_or_path", spec.model.name_or_path), ("data.source", spec.data.source),
                          ("model.reference", spec.model.reference)):
-        if value and (value.startswith((".", "/", "~")) or os.sep in value and Path(value).suffix) and not Path(value).expanduser().exists():
+        if value and looks_local(value) and not Path(value).expanduser().exists():
             raise SpecError(f"{label}: {value!r} does not exist")
     if spec.train.max_prompt_length >= spec.train.max_length:
         raise SpecError(
@@ -122,8 +130,9 @@ def prepare(spec: RunSpec) -> Prepared:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     t = spec.train
-    train_ex = tokenize_records(records, tok, kind, t.max_length, t.max_prompt_length)
-    eval_ex = tokenize_records(eval_records, tok, kind, t.max_length, t.max_prompt_length)
+    tok_cache = cache_dir("tokenized") if t.ref_cache else None
+    train_ex = tokenize_cached(records, tok, kind, t.max_length, t.max_prompt_length, tok_cache)
+    eval_ex = tokenize_cached(eval_records, tok, kind, t.max_length, t.max_prompt_length, tok_cache)
     ref = spec.model.reference or model_path
     if spec.model.reference:
         ref = str(toyworld.resolve_model(spec.model.reference, size=spec.data.toy_size) or spec.model.reference)

@@ -61,3 +61,11 @@ def test_missing_or_bad_yaml_file(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_spec(bad)
+
+
+def test_hub_ids_with_dots_are_not_mistaken_for_missing_paths(tmp_path):
+    from harness.runner import SpecError, check_spec
+
+    check_spec(load_spec(None, ["method=dpo", "model=Qwen/Qwen2.5-0.5B-Instruct", "data=HuggingFaceH4/ultrafeedback_binarized", "eval.enabled=false"]))
+    with pytest.raises(SpecError, match="does not exist"):
+        check_spec(load_spec(None, ["method=dpo", f"data={tmp_path / 'missing.jsonl'}", "eval.enabled=false"]))

@@ -126,3 +126,19 @@ def test_existing_run_name_is_never_overwritten(run_spec):
 def test_bf16_and_gradient_checkpointing_train(run_spec):
     run = execute(run_spec("method=dpo", "train.precision=bf16", "train.gradient_checkpointing=true"))
     assert all(math.isfinite(x) for x in losses(run))
+
+
+def test_tokenised_data_is_cached_by_content(run_spec, tiny_base, tmp_path):
+    from transformers import AutoTokenizer
+
+    from harness.batching import tokenize_cached
+    from harness.methods_api import DataKind
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    recs = [{"prompt": [{"role": "user", "content": "How was the movie?"}], "chosen": "great .", "rejected": "bad ."}]
+    a = tokenize_cached(recs, tok, DataKind.PAIRED, 64, 32, tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert tokenize_cached(recs, tok, DataKind.PAIRED, 64, 32, tmp_path) == a
+    recs[0]["chosen"] = "lovely ."
+    b = tokenize_cached(recs, tok, DataKind.PAIRED, 64, 32, tmp_path)
+    assert b != a and len(list(tmp_path.glob("*.json"))) == 2

@@ -1,0 +1,196 @@
+"""Sweep commands of the ``harness`` CLI (registered by ``harness.cli``).
+
+    harness sweep sweeps/quickstart.yaml [key=value ...] [--slots N | --devices 0,1]
+    harness sweep status sweeps/quickstart.yaml [--json]
+    harness worker sweeps/quickstart.yaml --devices 0,1,2,3      # join from another node
+    harness dashboard sweeps/quickstart.yaml [--port 8080]
+
+``key=value`` overrides edit the sweep spec (``trials_per_method=2``,
+``base.train.max_steps=20``, ``storage=journal:/shared/sweep.log``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _split(args: list[str]) -> tuple[str, list[str]]:
+    specs = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    if len(specs) != 1:
+        _fail(f"give exactly one sweep spec file, got {specs or 'none'}")
+    return specs[0], overrides
+
+
+def _load(args: list[str], check_runs: bool = True) -> Any:
+    from harness.config import ConfigError
+    from harness.sweep import load_sweep
+
+    path, overrides = _split(args)
+    try:
+        return load_sweep(path, overrides, check_runs=check_runs)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+def _sigterm_is_interrupt() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _describe(sweep: Any) -> None:
+    arms = ", ".join(f"{a.label}" + (f" ({a.method})" if a.method != a.label else "") for a in sweep.arms)
+    budgets = {a.budget for a in sweep.arms}
+    budget = f"{budgets.pop()} trials each" if len(budgets) == 1 else \
+        "trials " + ", ".join(f"{a.label}={a.budget}" for a in sweep.arms) + " (unequal)"
+    s = sweep.spec
+    console.print(f"[bold]sweep {sweep.name}[/]: {arms}; {budget} x {len(sweep.seeds)} seed(s); "
+                  f"sampler {s.sampler.kind} (seed {s.sampler.seed}), pruner {s.pruner.kind}; "
+                  f"objective {s.objective.direction} {s.objective.metric}")
+    console.print(f"storage {sweep.storage.display()}  runs {sweep.output_dir}", markup=False)
+
+
+def _run_worker(sweep: Any, slots: int | None, devices: str | None, salt: int, max_trials: int | None) -> None:
+    from harness.config import ConfigError
+    from harness.sweep import device_slots
+    from harness.sweep_worker import Worker
+
+    try:
+        envs = device_slots(devices, slots, sweep.spec.execution.gpus_per_trial)
+    except ConfigError as e:
+        _fail(str(e))
+    where = ", ".join(e.get("CUDA_VISIBLE_DEVICES") or "cpu" for e in envs)
+    console.print(f"worker: {len(envs)} slot(s) ({where})", markup=False)
+    _sigterm_is_interrupt()
+    worker = Worker(sweep, envs, log=lambda m: console.print(m, markup=False), salt=salt, max_trials=max_trials)
+    try:
+        n = worker.run()
+    except KeyboardInterrupt:
+        err.print("interrupted: running trials were failed as 'interrupted' and re-queued; "
+                  "run the same command again to resume")
+        raise typer.Exit(130) from None
+    except ConfigError as e:
+        _fail(str(e))
+    console.print(f"worker done: ran {n} trial(s)")
+
+
+def print_status(status: dict[str, Any]) -> None:
+    def num(v: Any, fmt: str = "{:.4g}") -> str:
+        return fmt.format(v) if isinstance(v, (int, float)) else "-"
+
+    t = Table(title=f"sweep {status['sweep']}: {status['direction']} {status['objective']} "
+                    f"({len(status['seeds'])} seed(s) per configuration)")
+    for col in ("arm", "budget", "done", "running", "waiting", "pruned", "failed", "retried",
+                "best", "best params", "to 1st step", "train", "after last", "(eval)", "import"):
+        t.add_column(col, overflow="fold")
+    for a in status["arms"]:
+        if not a.get("exists"):
+            t.add_row(a["arm"], str(a["budget"]), *["-"] * 13)
+            continue
+        b = a.get("best")
+        best = "-"
+        params = ""
+        if b:
+            best = num(b["value"]) + (f" ± {num(b['std'])}" if b.get("n_seeds") and b["n_seeds"] > 1 else "")
+            params = ", ".join(f"{k.split('.')[-1]}={num(v) if isinstance(v, float) else v}" for k, v in b["params"].items())
+            params = f"#{b['number']}: {params}"
+        o = a["overhead"]
+        t.add_row(a["arm"] + (f" ({a['method']})" if a["method"] != a["arm"] else ""), str(a["budget"]),
+                  str(a["complete"]), str(a["running"]), str(a["waiting"]), str(a["pruned"]), str(a["failed"]),
+                  str(a["retried"]), best, params, num(o.get("to_first_step_s"), "{:.1f}s"),
+                  num(o.get("train_s"), "{:.1f}s"), num(o.get("after_last_step_s"), "{:.1f}s"),
+                  num(o.get("eval_s"), "{:.1f}s"), num(o.get("import_s"), "{:.1f}s"))
+    console.print(t)
+    console.print("per run means: 'to 1st step' = trial asked -> first optimizer step; 'train' = optimizer steps; "
+                  "'after last' = last step -> run finished, of which '(eval)' is evaluation; 'import' = imports "
+                  "paid once per worker by its fork server (its first trial waits for them)")
+    for a in status["arms"]:
+        for f in (a.get("failures") or [])[-5:]:
+            tag = "retried" if f["retried"] else "failed"
+            console.print(f"  {a['arm']} #{f['number']} {tag}: {f['reason']}", markup=False)
+    console.print(f"storage {status['storage']}  runs {status['output_dir']}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def sweep(
+        args: list[str] = typer.Argument(None, help="SPEC.yaml and key=value overrides; 'status SPEC.yaml' shows progress"),
+        slots: int | None = typer.Option(None, "--slots", help="CPU: trials at a time"),
+        devices: str | None = typer.Option(None, "--devices", help="GPU ids, e.g. 0,1,2,3"),
+        as_json: bool = typer.Option(False, "--json", help="status: print JSON"),
+        max_trials: int | None = typer.Option(None, "--max-trials", help="stop after starting this many trials"),
+    ) -> None:
+        """Run a sweep here (validate, create its studies, work through its trials); resumes if re-run.
+
+        `harness sweep status SPEC` shows per-method progress, best configurations and per-trial overhead."""
+        args = list(args or [])
+        if args and args[0] == "status":
+            sw = _load(args[1:], check_runs=False)  # reading the study needs no run-spec checks
+            from harness.sweep import sweep_status
+
+            st = sweep_status(sw)
+            if as_json:
+                console.print_json(json.dumps(st, default=str))
+            else:
+                print_status(st)
+            return
+        sw = _load(args)
+        from harness.sweep import ensure_studies
+
+        _describe(sw)
+        from harness.config import ConfigError
+
+        try:
+            ensure_studies(sw)
+        except ConfigError as e:
+            _fail(str(e))
+        _run_worker(sw, slots, devices, 0, max_trials)
+        from harness.sweep import sweep_status
+
+        print_status(sweep_status(sw))
+
+    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def worker(
+        args: list[str] = typer.Argument(None, help="SPEC.yaml and key=value overrides"),
+        slots: int | None = typer.Option(None, "--slots", help="CPU: trials at a time"),
+        devices: str | None = typer.Option(None, "--devices", help="GPU ids, e.g. 0,1,2,3"),
+        max_trials: int | None = typer.Option(None, "--max-trials", help="stop after starting this many trials"),
+    ) -> None:
+        """Join a sweep: pull trials from its shared studies, one per device slot."""
+        sw = _load(list(args or []))
+        _describe(sw)
+        _run_worker(sw, slots, devices, os.getpid(), max_trials)
+
+    @app.command()
+    def dashboard(
+        spec: str = typer.Argument(..., help="SPEC.yaml"),
+        host: str = typer.Option("127.0.0.1", "--host"),
+        port: int = typer.Option(8080, "--port"),
+    ) -> None:
+        """Serve optuna-dashboard on the sweep's storage."""
+        sw = _load([spec], check_runs=False)
+        from harness.sweep import dashboard as serve
+
+        console.print(f"optuna-dashboard on {sw.storage.display()}: http://{host}:{port}/")
+        try:
+            serve(sw, host=host, port=port)
+        except RuntimeError as e:
+            _fail(str(e))
