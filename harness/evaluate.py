@@ -363,20 +363,23 @@ class _Plan:
     prompts_source: str
 
 
-def check_eval_spec(spec: RunSpec) -> Any:
+def check_eval_spec(spec: RunSpec, load_prompts: bool = True) -> Any:
     """Every cheap check of ``spec.eval`` (judge settings, keys, instructions to answer).
 
     Raises :class:`EvalError` naming the key; call it before training or loading models.
     Returns the plan (``None`` for reward models, which need no prompts or judge).
     """
     if _method_name(spec) == "reward":
-        load_rm_pairs(spec)
+        if load_prompts:
+            load_rm_pairs(spec)
         return None
     ev = spec.eval
     toy = _is_toy(spec)
     _use_vllm(ev)
     primary = _check_judge_config(ev, toy, ev.prompts is not None)
     tasks = list(ev.lm_eval_tasks) if ev.lm_eval_tasks is not None else (list(TOY_TASKS) if toy else [])
+    if not load_prompts:  # hub data: fetched when evaluation starts, not while validating
+        return None
     prompts, source = load_eval_prompts(spec)
     return _Plan(primary, tasks, prompts, source)
 

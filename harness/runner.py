@@ -96,7 +96,9 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
     if spec.eval.enabled:
         from harness.evaluate import check_eval_spec
 
-        check_eval_spec(spec)  # a bad eval section must not cost a training run
+        # a bad eval section must not cost a training run; local prompt files are read now
+        prompts = spec.eval.prompts or spec.data.source
+        check_eval_spec(spec, load_prompts=prompts == "toy" or looks_local(prompts))
     if spec.model.reference and not adapter.needs_reference:
         raise SpecError(f"model.reference is set but method {adapter.name!r} uses no reference model")
     peft_setup.check(spec, adapter.model_kind)

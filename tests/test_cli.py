@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
 
