@@ -329,7 +329,7 @@ def train(
                 hooks.on_log(row)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / max(t_train, 1e-9):,.0f}")
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / max(t_train, 1e-9):,.0f}", refresh=False)
         if cfg.eval_every and eval_examples and (done % cfg.eval_every == 0 or done == cfg.total_steps):
             eval_metrics = evaluate_loss(adapter, hp, model, eval_examples, eval_reference, pad_id, cfg.batch_size, device)
             row = {"step": done, **{f"eval/{k}": v for k, v in eval_metrics.items()}}
