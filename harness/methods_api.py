@@ -166,3 +166,15 @@ def pairwise_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tenso
 
 def suggest_lr(trial: Any, low: float = 1e-5, high: float = 1e-3) -> dict[str, Any]:
     return {"train.lr": trial.suggest_float("train.lr", low, high, log=True)}
+
+
+def suggest_beta_lr(trial: Any, beta_low: float = 0.01, beta_high: float = 1.0) -> dict[str, Any]:
+    """The default space of a method with one strength parameter ``beta``: beta and lr, both log-uniform."""
+    return {"method.beta": trial.suggest_float("method.beta", beta_low, beta_high, log=True), **suggest_lr(trial)}
+
+
+def require_positive(**values: float) -> None:
+    """Range check for hyperparameter ``validate()`` methods."""
+    for key, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{key} must be > 0, got {value}")

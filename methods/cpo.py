@@ -13,7 +13,8 @@ from harness.methods_api import (
     Paper,
     pairwise_metrics,
     register_method,
-    suggest_lr,
+    require_positive,
+    suggest_beta_lr,
 )
 
 
@@ -22,6 +23,9 @@ class CPOConfig:
     beta: float = 0.1
     #: weight of the NLL term on the chosen response (the paper's behaviour-cloning regulariser)
     nll_weight: float = 1.0
+
+    def validate(self) -> None:
+        require_positive(beta=self.beta)
 
 
 @register_method
@@ -34,7 +38,7 @@ class CPO:
     config_cls = CPOConfig
 
     def search_space(self, trial: Any) -> dict[str, Any]:
-        return {"method.beta": trial.suggest_float("method.beta", 0.01, 1.0, log=True), **suggest_lr(trial, 1e-5, 1e-3)}
+        return suggest_beta_lr(trial)
 
     def objective(self, hp, policy, reference, norm):
         c, r = policy["chosen"], policy["rejected"]

@@ -14,7 +14,8 @@ from harness.methods_api import (
     Paper,
     pairwise_metrics,
     register_method,
-    suggest_lr,
+    require_positive,
+    suggest_beta_lr,
 )
 
 
@@ -26,8 +27,7 @@ class DPOConfig:
     label_smoothing: float = 0.0
 
     def validate(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
+        require_positive(beta=self.beta)
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
@@ -42,7 +42,7 @@ class DPO:
     config_cls = DPOConfig
 
     def search_space(self, trial: Any) -> dict[str, Any]:
-        return {"method.beta": trial.suggest_float("method.beta", 0.01, 1.0, log=True), **suggest_lr(trial, 1e-5, 1e-3)}
+        return suggest_beta_lr(trial)
 
     def objective(self, hp, policy, reference, norm):
         losses, rc, rr = dpo_loss(

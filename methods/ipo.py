@@ -13,7 +13,8 @@ from harness.methods_api import (
     Paper,
     pairwise_metrics,
     register_method,
-    suggest_lr,
+    require_positive,
+    suggest_beta_lr,
 )
 
 
@@ -25,8 +26,7 @@ class IPOConfig:
     length_normalize: bool = True
 
     def validate(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
+        require_positive(beta=self.beta)
 
 
 @register_method
@@ -39,7 +39,7 @@ class IPO:
     config_cls = IPOConfig
 
     def search_space(self, trial: Any) -> dict[str, Any]:
-        return {"method.beta": trial.suggest_float("method.beta", 0.01, 1.0, log=True), **suggest_lr(trial, 1e-5, 1e-3)}
+        return suggest_beta_lr(trial)
 
     def objective(self, hp, policy, reference, norm):
         c, r = policy["chosen"], policy["rejected"]

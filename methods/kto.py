@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.losses import kto_kl_estimate, kto_loss
-from harness.methods_api import DataKind, ObjectiveOutput, Paper, register_method, suggest_lr
+from harness.methods_api import (
+    DataKind,
+    ObjectiveOutput,
+    Paper,
+    register_method,
+    require_positive,
+    suggest_beta_lr,
+)
 
 
 @dataclass
@@ -18,8 +25,7 @@ class KTOConfig:
     undesirable_weight: float = 1.0
 
     def validate(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
+        require_positive(beta=self.beta)
 
 
 @register_method
@@ -32,7 +38,7 @@ class KTO:
     config_cls = KTOConfig
 
     def search_space(self, trial: Any) -> dict[str, Any]:
-        return {"method.beta": trial.suggest_float("method.beta", 0.01, 1.0, log=True), **suggest_lr(trial, 1e-5, 1e-3)}
+        return suggest_beta_lr(trial)
 
     def objective(self, hp, policy, reference, norm):
         comp, kl_seg = policy["completion"], policy["kl"]

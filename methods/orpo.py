@@ -13,7 +13,8 @@ from harness.methods_api import (
     Paper,
     pairwise_metrics,
     register_method,
-    suggest_lr,
+    require_positive,
+    suggest_beta_lr,
 )
 
 
@@ -21,6 +22,9 @@ from harness.methods_api import (
 class ORPOConfig:
     #: the paper's λ weighting the odds-ratio term (TRL calls it beta); paper: 0.1
     beta: float = 0.1
+
+    def validate(self) -> None:
+        require_positive(beta=self.beta)
 
 
 @register_method
@@ -33,7 +37,7 @@ class ORPO:
     config_cls = ORPOConfig
 
     def search_space(self, trial: Any) -> dict[str, Any]:
-        return {"method.beta": trial.suggest_float("method.beta", 0.01, 1.0, log=True), **suggest_lr(trial, 1e-5, 1e-3)}
+        return suggest_beta_lr(trial)
 
     def objective(self, hp, policy, reference, norm):
         c, r = policy["chosen"], policy["rejected"]

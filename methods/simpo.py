@@ -13,6 +13,7 @@ from harness.methods_api import (
     Paper,
     pairwise_metrics,
     register_method,
+    require_positive,
     suggest_lr,
 )
 
@@ -28,8 +29,7 @@ class SimPOConfig:
     length_normalize: bool = True
 
     def validate(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
+        require_positive(beta=self.beta)
 
 
 @register_method
