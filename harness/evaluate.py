@@ -159,7 +159,8 @@ def load_eval_prompts(spec: RunSpec) -> tuple[list[Prompt], str]:
         source, split = ev.prompts, ev.prompts_split
     elif _is_toy(spec):
         world = _world(spec)
-        prompts: list[Prompt] = list(world.eval_prompts())[: ev.num_prompts]
+        prompts: list[Prompt] = []
+        prompts.extend(world.eval_prompts()[: ev.num_prompts])
         return prompts, f"toy world eval prompts ({world.split_path('eval_prompts')})"
     elif spec.data.eval_split is not None:
         source, split = spec.data.source, spec.data.eval_split
@@ -621,7 +622,9 @@ def reward_accuracy(model: Any, tok: Any, pairs: list[dict[str, Any]], max_lengt
         for lo in range(0, len(examples), batch_size):
             batch = collate(examples[lo:lo + batch_size], tok.pad_token_id, ("chosen", "rejected")).to(device)
             out = forward_segments(model, batch, "reward")
-            margins += (out["chosen"].score - out["rejected"].score).float().cpu().tolist()
+            chosen, rejected = out["chosen"].score, out["rejected"].score
+            assert chosen is not None and rejected is not None  # a reward forward always scores
+            margins += (chosen - rejected).float().cpu().tolist()
     finally:
         model.train(was_training)
     correct = [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
@@ -639,7 +642,7 @@ def _reward_eval(model: Any, tok: Any, spec: RunSpec, out_dir: Path | None, trac
     t0 = time.perf_counter()
     pairs, source = load_rm_pairs(spec)
     with timer("rm_accuracy"):
-        res = reward_accuracy(model, tok, pairs, spec.train.max_length, spec.train.max_prompt_length,
+        res: dict[str, Any] = reward_accuracy(model, tok, pairs, spec.train.max_length, spec.train.max_prompt_length,
                               spec.eval.batch_size)
     res["rm_pairs_source"] = source
     timer.seconds["total"] = time.perf_counter() - t0

@@ -141,13 +141,13 @@ def task_manager(
     for i, t in enumerate(tasks):
         if not isinstance(t, str) or not t:
             raise LMEvalError(f"lm_eval_tasks[{i}]: expected a task name, got {t!r}")
-    include = [Path(p) for p in include]
-    for d in include:
+    include_dirs = [Path(p) for p in include]
+    for d in include_dirs:
         if not d.is_dir():
             raise LMEvalError(f"lm-eval task directory {str(d)!r} does not exist")
     if any(t in TOY_TASKS for t in tasks):
-        include.insert(0, toy_task_dir(world))
-    paths = [str(p) for p in include]
+        include_dirs.insert(0, toy_task_dir(world))
+    paths = [str(p) for p in include_dirs]
     # indexing lm-eval's ~15k built-in YAMLs takes 10-20 s here: skip it when every task is local
     if paths:
         local = TaskManager(include_path=paths, include_defaults=False)

@@ -141,7 +141,8 @@ def _lora_config(peft: PeftSpec, task_type: Any) -> Any:
 
     lo = peft.lora
     return LoraConfig(
-        task_type=task_type, r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+        task_type=task_type, r=lo.r, lora_alpha=lo.alpha,  # type: ignore[arg-type]  # peft accepts a float alpha
+        lora_dropout=lo.dropout,
         target_modules=lo.target_modules if lo.target_modules == "all-linear" else list(lo.target_modules),
         bias=lo.bias, use_rslora=lo.use_rslora, use_dora=lo.use_dora,
     )
@@ -304,7 +305,7 @@ def load_trained(
     from peft import PeftConfig, PeftModel
 
     meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
-    config = PeftConfig.from_pretrained(path)
+    config = PeftConfig.from_pretrained(str(path))
     base = base_path or meta.get("base_model") or config.base_model_name_or_path
     if not base:
         raise FileNotFoundError(f"{path}: the adapter names no base model; pass base_path")

@@ -11,6 +11,7 @@ process with a pruning hook.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -211,17 +212,17 @@ def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: A
             return compute_reference_logps(m, examples, segs, prep.tokenizer.pad_token_id, spec.train.batch_size,
                                            autocast_for(spec, accelerator.device), accelerator.device)
 
-    out = []
+    out: list[dict[str, torch.Tensor] | None] = []
     for examples in (prep.train_examples, prep.eval_examples):
         if not examples:
             out.append(None)
             continue
-        key = {"weights": fp, "data": fingerprint(examples), "segments": list(segs), "precision": spec.train.precision}
+        key: dict[str, Any] = {"weights": fp, "data": fingerprint(examples), "segments": list(segs), "precision": spec.train.precision}
         if base_key is not None:
             key["base"] = base_key
         values, hit = reference_logps(
             key,
-            lambda ex=examples: compute(ex),
+            functools.partial(compute, examples),
             cache_dir("refcache") if spec.train.ref_cache else None,
         )
         info["hits" if hit else "misses"] += 1

@@ -163,7 +163,7 @@ def generate_splits(seed: int, size: int) -> dict[str, list[dict[str, Any]]]:
     for _ in range(size):
         t, s = rng.choice(train_combos)
         sft.append({"prompt": _prompt(t, s), "completion": _sample_response(rng, s)})
-    paired = []
+    paired: list[dict[str, str]] = []
     while len(paired) < size:
         t, s = rng.choice(train_combos)
         p = _prompt(t, s)
@@ -341,7 +341,7 @@ def ensure_base_model(world: World, size: str = DEFAULT_SIZE) -> Path:
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
         tok = AutoTokenizer.from_pretrained(world.tokenizer_dir)
-        shape = MODEL_SIZES[size]
+        shape: dict[str, Any] = dict(MODEL_SIZES[size])
         cfg = LlamaConfig(
             vocab_size=len(tok), max_position_embeddings=256, tie_word_embeddings=True,
             num_key_value_heads=shape["num_attention_heads"], bos_token_id=tok.bos_token_id,
