@@ -37,6 +37,9 @@ from harness.train import (
     weights_fingerprint,
 )
 
+#: bump when the log-prob computation changes numerically, so cached reference values are recomputed
+LOGPS_VERSION = 2
+
 TOY_SPLIT = {DataKind.SFT: "sft", DataKind.PAIRED: "paired", DataKind.PROMPT: "prompts"}
 
 
@@ -217,7 +220,7 @@ def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: A
         if not examples:
             out.append(None)
             continue
-        key: dict[str, Any] = {"weights": fp, "data": fingerprint(examples), "segments": list(segs), "precision": spec.train.precision}
+        key: dict[str, Any] = {"v": LOGPS_VERSION, "weights": fp, "data": fingerprint(examples), "segments": list(segs), "precision": spec.train.precision}
         if base_key is not None:
             key["base"] = base_key
         values, hit = reference_logps(

@@ -71,18 +71,33 @@ class TrainResult:
 
 
 def forward_segments(model: Any, batch: Batch, model_kind: str) -> dict[str, SeqOut]:
-    """One forward over all segments of the batch; results split back per segment."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    """One forward over all segments of the batch; results split back per segment.
+
+    Causal LMs project to the vocabulary only from the first position that predicts a
+    completion token (``logits_to_keep``): the [rows, T, V] logits are the memory peak on
+    large vocabularies, and prompt positions never enter a loss.
+    """
     n = batch.size
     result: dict[str, SeqOut] = {}
     if model_kind == "reward":
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         scores = out.logits[:, 0].float()
         counts = batch.loss_mask[:, 1:].sum(-1)
         for s, name in enumerate(batch.segments):
             sl = slice(s * n, (s + 1) * n)
             result[name] = SeqOut(torch.zeros_like(scores[sl]), counts[sl], scores[sl])
         return result
-    logps, counts = sequence_logps(out.logits, batch.input_ids, batch.loss_mask)
+    T = batch.input_ids.shape[1]
+    has_completion = batch.loss_mask.any(dim=1)
+    first = batch.loss_mask.float().argmax(dim=1)[has_completion]
+    start = max(int(first.min()) - 1, 0) if first.numel() else 0
+    try:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                    logits_to_keep=T - start)
+    except TypeError:  # a model class without logits_to_keep (remote code): project everything
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        start = 0
+    logps, counts = sequence_logps(out.logits, batch.input_ids[:, start:], batch.loss_mask[:, start:])
     for s, name in enumerate(batch.segments):
         sl = slice(s * n, (s + 1) * n)
         result[name] = SeqOut(logps[sl], counts[sl], label=batch.label if name == "completion" else None)
