@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,9 @@ from harness.generation import load_causal_lm, resolve_model_dir
 from harness.lmeval import toy_subject
 from harness.store import Run
 
-REPO = Path(__file__).resolve().parents[1]
 FLAT_KEYS = {"gold_reward_mean", "gold_reward_std", "baseline_gold_reward_mean", "kl_mean", "kl_stderr", "judge",
              "lm_eval", "timing_s", *PAIRWISE_COLUMNS}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _env():
-    with pytest.MonkeyPatch.context() as mp:
-        if not os.environ.get("ALIGN_HARNESS_CACHE"):
-            mp.setenv("ALIGN_HARNESS_CACHE", str(REPO / ".cache" / "test-cache"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_DATASETS_OFFLINE", "1")
-        mp.setenv("WANDB_MODE", "disabled")
-        yield
 
 
 def _train(out: Path, *overrides: str) -> Run:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,6 @@ from harness.generation import (
     load_causal_lm,
     resolve_model_dir,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _env():
-    with pytest.MonkeyPatch.context() as mp:
-        if not os.environ.get("ALIGN_HARNESS_CACHE"):
-            mp.setenv("ALIGN_HARNESS_CACHE", str(REPO / ".cache" / "test-cache"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_DATASETS_OFFLINE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -23,18 +22,6 @@ from harness.lmeval import (
     toy_task_dir,
     toy_task_items,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _env():
-    with pytest.MonkeyPatch.context() as mp:
-        if not os.environ.get("ALIGN_HARNESS_CACHE"):
-            mp.setenv("ALIGN_HARNESS_CACHE", str(REPO / ".cache" / "test-cache"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_DATASETS_OFFLINE", "1")
-        yield
 
 
 def test_toy_task_items_are_deterministic_and_well_formed():
