@@ -119,7 +119,7 @@ class MethodAdapter(Protocol):
 METHODS: Registry[MethodAdapter] = Registry("method")
 
 
-def register_method(cls: type) -> type:
+def register_method(cls: Any) -> Any:
     """Class decorator: instantiate the adapter and add it to ``METHODS``."""
     missing = [
         a
