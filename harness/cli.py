@@ -106,10 +106,10 @@ def quickstart(
     import time
 
     from harness import toyworld
-    from harness.cli_sweep import _describe, _run_worker, print_status
+    from harness.cli_sweep import run_sweep_here
     from harness.config import ConfigError
     from harness.report import write_report
-    from harness.sweep import ensure_studies, load_sweep, sweep_status
+    from harness.sweep import load_sweep
 
     t0 = time.perf_counter()
     if not QUICKSTART_SPEC.exists():
@@ -125,13 +125,7 @@ def quickstart(
     path = toyworld.resolve_model(model)
     console.print(f"    base model: {path}  ({time.perf_counter() - t0:.0f}s)", highlight=False)
     console.print("[bold]2/3[/] sweep: every method tuned with the same budget, each trial trained and evaluated")
-    _describe(sw)
-    try:
-        ensure_studies(sw)
-    except ConfigError as e:
-        fail(str(e))
-    _run_worker(sw, slots, None, 0, None)
-    print_status(sweep_status(sw))
+    run_sweep_here(sw, slots, None, None)
     console.print("[bold]3/3[/] report")
     html = write_report(sw.output_dir)
     console.print(f"report: {html}\n        {html.with_name('index.md')}", highlight=False)

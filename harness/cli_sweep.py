@@ -92,6 +92,21 @@ def _run_worker(sweep: Any, slots: int | None, devices: str | None, salt: int, m
     console.print(f"worker done: ran {n} trial(s)")
 
 
+def run_sweep_here(sweep: Any, slots: int | None, devices: str | None, max_trials: int | None) -> None:
+    """What ``harness sweep SPEC`` does (and the quickstart): describe, create the studies once,
+    work through the trials here, then print the status table."""
+    from harness.config import ConfigError
+    from harness.sweep import ensure_studies, sweep_status
+
+    _describe(sweep)
+    try:
+        ensure_studies(sweep)
+    except ConfigError as e:
+        _fail(str(e))
+    _run_worker(sweep, slots, devices, 0, max_trials)
+    print_status(sweep_status(sweep))
+
+
 def print_status(status: dict[str, Any]) -> None:
     def num(v: Any, fmt: str = "{:.4g}") -> str:
         return fmt.format(v) if isinstance(v, (int, float)) else "-"
@@ -152,20 +167,7 @@ def register(app: typer.Typer) -> None:
             else:
                 print_status(st)
             return
-        sw = _load(args)
-        from harness.sweep import ensure_studies
-
-        _describe(sw)
-        from harness.config import ConfigError
-
-        try:
-            ensure_studies(sw)
-        except ConfigError as e:
-            _fail(str(e))
-        _run_worker(sw, slots, devices, 0, max_trials)
-        from harness.sweep import sweep_status
-
-        print_status(sweep_status(sw))
+        run_sweep_here(_load(args), slots, devices, max_trials)
 
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def worker(

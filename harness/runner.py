@@ -109,12 +109,13 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
     return adapter
 
 
-def prepare(spec: RunSpec) -> Prepared:
+def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
+    """``adapter``: the result of :func:`check_spec` when the caller already ran it."""
     from transformers import AutoTokenizer
 
     from harness.data import load_records
 
-    adapter = check_spec(spec)
+    adapter = adapter or check_spec(spec)
     kind = adapter.data_kind
     source = resolve_data_source(spec, kind)
     # data first: a malformed row should stop the run before any model loads
@@ -139,7 +140,7 @@ def prepare(spec: RunSpec) -> Prepared:
     tok_cache = cache_dir("tokenized") if t.ref_cache else None
     train_ex = tokenize_cached(records, tok, kind, t.max_length, t.max_prompt_length, tok_cache)
     eval_ex = tokenize_cached(eval_records, tok, kind, t.max_length, t.max_prompt_length, tok_cache)
-    ref = spec.model.reference or model_path
+    ref = model_path
     if spec.model.reference:
         ref = str(toyworld.resolve_model(spec.model.reference, size=spec.data.toy_size) or spec.model.reference)
     return Prepared(adapter, model_path, ref, tok, train_ex, eval_ex, loaded.source, loaded.n_skipped)
@@ -276,7 +277,7 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
     hooks = TrainHooks(on_eval=hooks.on_eval, on_log=on_log, on_first_step=first_step)
     try:
         torch.manual_seed(spec.seed)
-        prep = prepare(spec)
+        prep = prepare(spec, adapter)
         accelerator = make_accelerator(spec)
         model = load_model(prep.model_path, spec, adapter.model_kind, prep.tokenizer.pad_token_id).to(accelerator.device)
         if peft_setup.uses_adapter(spec.peft):
@@ -345,10 +346,8 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
 
 
 def _evaluate(run: Run, spec: RunSpec, prep: Prepared, model: Any, tracker: Any) -> dict[str, Any]:
-    try:
-        from harness.evaluate import evaluate_trained
-    except ImportError:
-        return {}
+    from harness.evaluate import evaluate_trained
+
     # KL and win rates are measured against the starting point: the reference when the
     # method has one, else the model the run started from
     return evaluate_trained(run=run, spec=spec, model=model, tokenizer=prep.tokenizer,
