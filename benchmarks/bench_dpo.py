@@ -7,7 +7,7 @@ and a DPO beta sweep with and without the shared reference log-prob cache.
 
 Part 1 trains DPO on the toy world's 4-layer, 256-hidden model (``toy:bench``) with
 sequences of up to 256 tokens and 8 pairs per step, in fp32 and bf16, once with
-``harness.runner.execute`` and once with TRL's ``DPOTrainer`` under matched settings:
+``harness.training.runner.execute`` and once with TRL's ``DPOTrainer`` under matched settings:
 the same weights (TRL gets an explicit reference copy), the same pairs and token ids
 (checked), one epoch, AdamW, cosine schedule, no gradient checkpointing, no eval, no
 saving during training.  Each configuration runs in its own subprocess so its peak
@@ -133,8 +133,8 @@ def make_pairs(n_pairs: int, seed: int, out: Path) -> dict[str, Any]:
     """
     from transformers import AutoTokenizer
 
-    from harness import toyworld
-    from harness.batching import render_prompt
+    from harness.data.batching import render_prompt
+    from harness.worlds import toy as toyworld
 
     world = toyworld.ensure_world()
     tok = AutoTokenizer.from_pretrained(world.tokenizer_dir)
@@ -180,8 +180,8 @@ def _common_imports() -> None:
     import transformers  # noqa: F401
     import trl  # noqa: F401
 
-    import harness.data  # noqa: F401
-    import harness.runner  # noqa: F401
+    import harness.data.load  # noqa: F401
+    import harness.training.runner  # noqa: F401
 
     datasets.disable_progress_bars()
 
@@ -202,8 +202,8 @@ def _instrument_core(mem: PeakMemory, marks: dict[str, Any], steps: list[tuple[i
     """Timing and memory marks around ``execute``: the reference pass starts right after
     the model is loaded, the training loop at the first optimizer step.  Returns the
     hooks and a function that removes the timer from ``runner.compute_references``."""
-    from harness import runner
-    from harness.train import TrainHooks
+    from harness.training import runner
+    from harness.training.loop import TrainHooks
 
     original = runner.compute_references
 
@@ -247,8 +247,8 @@ def worker_core(job: dict[str, Any]) -> dict[str, Any]:
     _common_imports()
     import torch
 
-    from harness import runner
-    from harness.config import load_spec
+    from harness.core.config import load_spec
+    from harness.training import runner
 
     mem = PeakMemory()
     marks: dict[str, Any] = {}
@@ -333,9 +333,9 @@ def worker_trl(job: dict[str, Any]) -> dict[str, Any]:
 
 def _compare_tokens(job: dict[str, Any], tok: Any, trl_dataset: Any) -> tuple[int, int]:
     """(non-pad tokens TRL trained on in one epoch, sequences whose ids differ from ours)."""
-    from harness.batching import tokenize_records
-    from harness.data import load_records
-    from harness.methods_api import DataKind
+    from harness.core.contract import DataKind
+    from harness.data.batching import tokenize_records
+    from harness.data.load import load_records
 
     ours = tokenize_records(load_records(job["data"], "train", DataKind.PAIRED).records, tok, DataKind.PAIRED,
                             MAX_LENGTH, MAX_PROMPT_LENGTH)
@@ -351,8 +351,8 @@ def _compare_tokens(job: dict[str, Any], tok: Any, trl_dataset: Any) -> tuple[in
 
 def worker_sweep(job: dict[str, Any]) -> dict[str, Any]:
     _common_imports()
-    from harness import runner
-    from harness.config import load_spec
+    from harness.core.config import load_spec
+    from harness.training import runner
 
     mem = PeakMemory()
     trials = []
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
 
-    from harness import toyworld
+    from harness.worlds import toy as toyworld
 
     t_start = time.perf_counter()
     load_start = os.getloadavg()

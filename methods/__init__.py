@@ -1,1 +1,1 @@
-"""Method adapters: one module per method; each registers itself with ``harness.methods_api.register_method``."""
+"""Method adapters: one module per method; each registers itself with ``harness.core.contract.register_method``."""

@@ -7,8 +7,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from harness.losses import dpo_loss
-from harness.methods_api import (
+from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
@@ -17,6 +16,7 @@ from harness.methods_api import (
     require_positive,
     suggest_beta_lr,
 )
+from harness.core.losses import dpo_loss
 
 
 @dataclass

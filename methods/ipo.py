@@ -6,8 +6,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from harness.losses import ipo_loss
-from harness.methods_api import (
+from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
@@ -16,6 +15,7 @@ from harness.methods_api import (
     require_positive,
     suggest_beta_lr,
 )
+from harness.core.losses import ipo_loss
 
 
 @dataclass

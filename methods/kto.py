@@ -6,8 +6,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from harness.losses import kto_kl_estimate, kto_loss
-from harness.methods_api import (
+from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
@@ -15,6 +14,7 @@ from harness.methods_api import (
     require_positive,
     suggest_beta_lr,
 )
+from harness.core.losses import kto_kl_estimate, kto_loss
 
 
 @dataclass

@@ -7,8 +7,8 @@ stage, Alpaca, FLAN-style instruction tuning.
 from dataclasses import dataclass
 from typing import Any
 
-from harness.losses import sft_loss
-from harness.methods_api import DataKind, ObjectiveOutput, Paper, register_method, suggest_lr
+from harness.core.contract import DataKind, ObjectiveOutput, Paper, register_method, suggest_lr
+from harness.core.losses import sft_loss
 
 
 @dataclass

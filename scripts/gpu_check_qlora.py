@@ -8,7 +8,7 @@ Needs torch with CUDA, transformers, peft and bitsandbytes (``pip install 'align
 nothing is downloaded: the model is a randomly initialised Llama (default ~0.64B parameters,
 so that weights and optimizer state, not activations, decide the memory) written to a temp
 directory and loaded back through ``from_pretrained``, the path a real checkpoint takes.  The
-adapters are built by ``harness.peft_setup`` itself, as ``harness run peft=...`` builds them.
+adapters are built by ``harness.modeling.peft_setup`` itself, as ``harness run peft=...`` builds them.
 
 Checks (exit status 1 if any fails): the 4-bit layers are bitsandbytes ``Linear4bit`` with their
 weights on the GPU; a 4-bit matmul agrees with the dequantised weight's; each parameterisation
@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import peft_setup  # noqa: E402
-from harness.config import LoraSpec, PeftSpec, QuantSpec, RunSpec  # noqa: E402
+from harness.core.config import LoraSpec, PeftSpec, QuantSpec, RunSpec  # noqa: E402
 
 SIZES: dict[str, dict[str, int]] = {
     # weights dominate: 12 layers of 2048 wide, a small vocabulary so embeddings stay minor

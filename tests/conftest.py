@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def toy_world():
-    from harness import toyworld
+    from harness.worlds import toy as toyworld
 
     return toyworld.ensure_world()
 
@@ -26,7 +26,7 @@ def toy_world():
 @pytest.fixture(scope="session")
 def tiny_base(toy_world) -> Path:
     """The tiny Llama SFT base of the toy world (trained by this harness's own SFT)."""
-    from harness import toyworld
+    from harness.worlds import toy as toyworld
 
     return toyworld.ensure_base_model(toy_world, "tiny")
 
@@ -34,7 +34,7 @@ def tiny_base(toy_world) -> Path:
 @pytest.fixture
 def run_spec(tmp_path, tiny_base):
     """Build a RunSpec for a short real run on the tiny toy model."""
-    from harness.config import load_spec
+    from harness.core.config import load_spec
 
     def make(*overrides: str):
         base = [

@@ -1,6 +1,6 @@
 """A loopback OpenAI-compatible chat-completions server answering from a local HF causal LM.
 
-Tests of :class:`harness.judges.OpenAIChatJudge` start it on 127.0.0.1 (a free port) in a
+Tests of :class:`harness.evaluation.judges.OpenAIChatJudge` start it on 127.0.0.1 (a free port) in a
 thread, so the HTTP judge path runs for real: JSON over a socket, status codes, headers,
 timeouts.  It renders the request's messages with the model's chat template, runs one
 forward pass and answers with the most likely next token, plus the top log-probabilities

@@ -1,10 +1,10 @@
 """Synthetic sweep stores for the results/report/leaderboard tests (rendering only: no training).
 
-The layout and file contents follow what ``harness.sweep`` and ``harness.runner`` write:
-``<root>/<arm>/trial-NNNN-seedS/`` with a real resolved spec (``harness.config.load_spec``)
+The layout and file contents follow what ``harness.sweeps.spec`` and ``harness.training.runner`` write:
+``<root>/<arm>/trial-NNNN-seedS/`` with a real resolved spec (``harness.core.config.load_spec``)
 tagged the way sweeps tag trials, a real ``env.json``, ``metrics.jsonl`` rows like the
 training loop's, a summary with the runner's keys, an ``eval`` section shaped like
-``harness.evaluate``'s (flat main-judge columns, ``judges``, ``lm_eval``, timings) and the
+``harness.evaluation.evaluate``'s (flat main-judge columns, ``judges``, ``lm_eval``, timings) and the
 sweep's summary keys; and, when asked, a real Optuna study per arm whose trials mirror the
 runs.  Metric values come from a seeded generator with a known reward-vs-KL trade-off;
 ``Store.values`` keeps every eval dict written so tests recompute means and intervals
@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import load_spec, spec_to_dict
-from harness.store import Run, atomic_write_json, environment
+from harness.core.config import load_spec, spec_to_dict
+from harness.store.runs import Run, atomic_write_json, environment
 
-#: the toy world's gold reward as a pairwise judge (``harness.judges`` scorer identity)
-JUDGE = {"backend": "scorer", "model": "harness.toyworld.gold_reward", "prompt_version": "none", "mode": "hard",
+#: the toy world's gold reward as a pairwise judge (``harness.evaluation.judges`` scorer identity)
+JUDGE = {"backend": "scorer", "model": "harness.worlds.toy.gold_reward", "prompt_version": "none", "mode": "hard",
          "tie_tolerance": 0.0}
-JUDGE_ID = "scorer:harness.toyworld.gold_reward[hard]"
+JUDGE_ID = "scorer:harness.worlds.toy.gold_reward[hard]"
 RM_JUDGE = {"backend": "reward_model", "model": "runs/reward-0001", "prompt_version": "rm-chat-v1"}
 #: per method: the hyperparameter a sweep varies, its values per configuration, a quality offset
 PLAN = {

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HARNESS = [sys.executable, "-m", "harness.cli"]
+HARNESS = [sys.executable, "-m", "harness.cli.main"]
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

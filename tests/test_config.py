@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from harness.config import ConfigError, load_spec, parse_override, spec_to_dict
+from harness.core.config import ConfigError, load_spec, parse_override, spec_to_dict
 
 
 def test_defaults_and_shorthand():
@@ -64,7 +64,7 @@ def test_missing_or_bad_yaml_file(tmp_path):
 
 
 def test_hub_ids_with_dots_are_not_mistaken_for_missing_paths(tmp_path):
-    from harness.runner import SpecError, check_spec
+    from harness.training.runner import SpecError, check_spec
 
     check_spec(load_spec(None, ["method=dpo", "model=Qwen/Qwen2.5-0.5B-Instruct", "data=HuggingFaceH4/ultrafeedback_binarized", "eval.enabled=false"]))
     with pytest.raises(SpecError, match="does not exist"):

@@ -1,4 +1,4 @@
-"""Tests of harness.data: every input format from jsonl/json/csv/parquet files and saved
+"""Tests of harness.data.load: every input format from jsonl/json/csv/parquet files and saved
 ``datasets`` directories, conversions between data kinds, and the row-level errors.
 
     .venv/bin/pytest tests/test_data.py -q
@@ -20,8 +20,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
-from harness.data import DataError, LoadedData, detect_format, load_records  # noqa: E402
-from harness.methods_api import DataKind  # noqa: E402
+from harness.core.contract import DataKind  # noqa: E402
+from harness.data.load import DataError, LoadedData, detect_format, load_records  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

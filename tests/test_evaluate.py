@@ -1,4 +1,4 @@
-"""Evaluation engine end to end on real tiny toy-world models (harness.evaluate, harness.cli_eval).
+"""Evaluation engine end to end on real tiny toy-world models (harness.evaluation.evaluate, harness.cli.eval).
 
     .venv/bin/pytest tests/test_evaluate.py -q
 """
@@ -11,12 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import toyworld
-from harness.config import ConfigError, load_spec
-from harness.evaluate import PAIRWISE_COLUMNS, EvalError, evaluate_model_dir, evaluate_trained, kl_estimate
-from harness.generation import load_causal_lm, resolve_model_dir
-from harness.lmeval import toy_subject
-from harness.store import Run
+from harness.core.config import ConfigError, load_spec
+from harness.evaluation.evaluate import (
+    PAIRWISE_COLUMNS,
+    EvalError,
+    evaluate_model_dir,
+    evaluate_trained,
+    kl_estimate,
+)
+from harness.evaluation.lmeval import toy_subject
+from harness.modeling.generation import load_causal_lm, resolve_model_dir
+from harness.store.runs import Run
+from harness.worlds import toy as toyworld
 
 FLAT_KEYS = {"gold_reward_mean", "gold_reward_std", "baseline_gold_reward_mean", "kl_mean", "kl_stderr", "judge",
              "lm_eval", "timing_s", *PAIRWISE_COLUMNS}
@@ -24,7 +30,7 @@ FLAT_KEYS = {"gold_reward_mean", "gold_reward_std", "baseline_gold_reward_mean",
 
 
 def _train(out: Path, *overrides: str) -> Run:
-    from harness.runner import execute
+    from harness.training.runner import execute
 
     spec = load_spec(None, ["model=toy:tiny", f"output_dir={out}", "tracking.mode=disabled",
                             "train.progress=false", *overrides])
@@ -134,15 +140,15 @@ def test_gold_reward_of_real_generations_beats_an_untrained_model(tmp_path):
 def test_reward_model_accuracy_and_reward_model_judge(reward_run, dpo_run):
     from typer.testing import CliRunner
 
-    from harness.cli import app
-    from harness.judges import RewardModelJudge
+    from harness.cli.main import app
+    from harness.evaluation.judges import RewardModelJudge
 
     ev = reward_run.summary()["eval"]
     n_pairs = len(toyworld.ensure_world().eval_prompts()) * 8
     assert ev["rm_n_pairs"] == n_pairs
     assert ev["rm_accuracy"] > 0.6  # trained on noisy gold labels: clearly above chance on held-out pairs
     # the same accuracy from the reward-model judge's own scoring path (chat-formatted texts)
-    from harness.evaluate import toy_heldout_pairs
+    from harness.evaluation.evaluate import toy_heldout_pairs
 
     judge = RewardModelJudge(str(reward_run.final_dir), device="cpu")
     pairs = toy_heldout_pairs(toyworld.ensure_world())
@@ -178,7 +184,7 @@ def test_reward_model_accuracy_and_reward_model_judge(reward_run, dpo_run):
 def test_cli_eval_of_a_model_without_a_run(tmp_path):
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from harness.cli.main import app
 
     result = CliRunner().invoke(app, ["eval", "model=toy:tiny", "eval.baseline=toy:tiny", f"output_dir={tmp_path}",
                                       "eval.lm_eval_tasks=[]", "eval.kl_samples=1", "eval.num_prompts=12",
@@ -197,7 +203,7 @@ def test_cli_eval_of_a_model_without_a_run(tmp_path):
 def test_configuration_errors_come_before_any_model_loads(tmp_path):
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from harness.cli.main import app
 
     with pytest.raises(ConfigError, match="judge_model"):
         load_spec(None, ["method=dpo", "eval.judge=openai"])
@@ -224,7 +230,7 @@ def test_configuration_errors_come_before_any_model_loads(tmp_path):
 def test_lora_run_evaluates_the_same_in_memory_and_reloaded(tmp_path):
     """A LoRA run is evaluated on the in-memory PeftModel after training and on the adapter
     reloaded from final/ by ``harness eval``: same samples, same numbers."""
-    from harness.cli_eval import evaluate_run_dir
+    from harness.cli.eval import evaluate_run_dir
 
     run = _train(tmp_path, "method=dpo", "name=lora", "peft=lora", "train.max_steps=6", "train.lr=5e-3",
                  "eval.lm_eval_tasks=[toy_topic_gen]", "eval.lm_eval_limit=6", "eval.kl_samples=1",

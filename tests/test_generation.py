@@ -1,4 +1,4 @@
-"""Generation engine (harness.generation) on the toy world's real tiny SFT base.
+"""Generation engine (harness.modeling.generation) on the toy world's real tiny SFT base.
 
     .venv/bin/pytest tests/test_generation.py -q
 """
@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import toyworld
-from harness.generation import (
+from harness.modeling.generation import (
     Completion,
     SamplingParams,
     as_messages,
@@ -21,6 +20,7 @@ from harness.generation import (
     load_causal_lm,
     resolve_model_dir,
 )
+from harness.worlds import toy as toyworld
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 import torch
 from judge_server import FaultScript, JudgeModelServer
 
-from harness.judges import (
+from harness.evaluation.judges import (
     HFLogprobJudge,
     JudgeError,
     OpenAIChatJudge,
@@ -32,7 +32,7 @@ from harness.judges import (
     judge_pairs,
     parse_choice,
 )
-from harness.toyworld import NEGATIVE, POSITIVE, SUBJECTS, build_tokenizer, gold_reward
+from harness.worlds.toy import NEGATIVE, POSITIVE, SUBJECTS, build_tokenizer, gold_reward
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MODEL_NAME = "tiny-judge"

@@ -1,4 +1,4 @@
-"""lm-eval through its Python API on the toy world's local tasks (harness.lmeval).
+"""lm-eval through its Python API on the toy world's local tasks (harness.evaluation.lmeval).
 
     .venv/bin/pytest tests/test_lmeval.py -q
 """
@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import toyworld
-from harness.lmeval import (
+from harness.evaluation.lmeval import (
     TOY_TASKS,
     LMEvalError,
     _metrics,
@@ -22,6 +21,7 @@ from harness.lmeval import (
     toy_task_dir,
     toy_task_items,
 )
+from harness.worlds import toy as toyworld
 
 
 def test_toy_task_items_are_deterministic_and_well_formed():
@@ -48,7 +48,7 @@ def test_toy_task_items_are_deterministic_and_well_formed():
 
 def _manual_choice_accuracy(model, tok, items):
     """Accuracy of argmax_i log p(choice_i | chat prompt), computed without lm-eval."""
-    from harness.generation import Completion, completion_logprobs, encode_prompts
+    from harness.modeling.generation import Completion, completion_logprobs, encode_prompts
 
     prompt_ids = encode_prompts(tok, [r["prompt"] for r in items])
     comps, owners = [], []
@@ -65,7 +65,7 @@ def _manual_choice_accuracy(model, tok, items):
 
 
 def test_lm_eval_on_both_toy_tasks_with_a_real_tiny_model():
-    from harness.generation import load_causal_lm
+    from harness.modeling.generation import load_causal_lm
 
     model, tok = load_causal_lm("toy:tiny", device="cpu")
     res = run_lm_eval(model, tok, list(TOY_TASKS), batch_size=32)

@@ -1,4 +1,4 @@
-"""Hand-computed values and properties of the pure objectives in ``harness.losses``.
+"""Hand-computed values and properties of the pure objectives in ``harness.core.losses``.
 
 Every expected value is written out with ``math.log`` / ``math.exp`` on small literal
 inputs so a reader can redo the arithmetic; the properties check what each paper's
@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from harness.losses import (
+from harness.core.losses import (
     bradley_terry_loss,
     cpo_loss,
     dpo_loss,

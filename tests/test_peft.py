@@ -21,10 +21,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness import peft_setup, runner
-from harness.config import ConfigError, load_spec
-from harness.methods_api import SEGMENTS
-from harness.train import compute_reference_logps
+from harness.core.config import ConfigError, load_spec
+from harness.core.contract import SEGMENTS
+from harness.modeling import peft_setup
+from harness.training import runner
+from harness.training.loop import compute_reference_logps
 
 KINDS = ["none", "lora", "qlora", "prefix"]
 SHORT = ["model=toy:tiny", "data.max_samples=64", "train.max_steps=3", "train.batch_size=4", "train.progress=false",
@@ -64,8 +65,8 @@ def test_peft_spec_is_typed_and_strict():
 @pytest.mark.parametrize("method", ["dpo", "simpo", "sft"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_parameterisation_trains_each_objective_from_the_cli(kind, method, tmp_path, tiny_base):
-    from harness.cli import app
-    from harness.store import Run
+    from harness.cli.main import app
+    from harness.store.runs import Run
 
     out = tmp_path / "runs"
     res = CliRunner().invoke(app, ["run", f"method={method}", f"peft={kind}", *SHORT, "train.lr=1e-3",
@@ -243,14 +244,14 @@ def test_unknown_target_module_fails_before_the_weights_load_and_lists_the_model
     assert "'wq' is not a linear module" in msg and "q_proj" not in msg.split("its linear modules")[0]
     for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"):
         assert name in msg.split("its linear modules are:")[1]
-    from harness.store import Run
+    from harness.store.runs import Run
 
     run = Run(Path(spec.output_dir) / "tm")
     assert run.status()["status"] == "failed" and not run.metrics()
 
 
 def test_cli_reports_a_bad_combination_with_the_fix(tmp_path):
-    from harness.cli import app
+    from harness.cli.main import app
 
     res = CliRunner().invoke(app, ["run", "method=sft", "peft=prefix", "train.gradient_checkpointing=true",
                                    f"output_dir={tmp_path}"])
@@ -284,7 +285,7 @@ def test_adapter_run_resumes_with_the_same_losses(kind, run_spec):
 
 
 def test_paper_ablation_sweeps_validate():
-    from harness.sweep import load_sweep
+    from harness.sweeps.spec import load_sweep
 
     root = Path(__file__).resolve().parent.parent / "sweeps"
     rank = load_sweep(root / "lora-rank.yaml")

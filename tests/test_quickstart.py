@@ -14,7 +14,7 @@ def test_quickstart_runs_all_five_methods_and_reports(tmp_path, tiny_base):
     out = tmp_path / "qs"
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "quickstart", f"output_dir={out}", "trials_per_method=1",
+        [sys.executable, "-m", "harness.cli.main", "quickstart", f"output_dir={out}", "trials_per_method=1",
          "base.train.max_steps=6", "base.train.eval_every=3", "base.eval.lm_eval_limit=4", "base.eval.kl_samples=1"],
         capture_output=True, text=True, env=env, timeout=900,
     )

@@ -1,7 +1,7 @@
 import pytest
 
-from harness.methods_api import METHODS, DataKind, MethodAdapter, load_methods
-from harness.registry import Registry, RegistryError
+from harness.core.contract import METHODS, DataKind, MethodAdapter, load_methods
+from harness.core.registry import Registry, RegistryError
 
 
 def test_registry_duplicate_and_did_you_mean():
@@ -40,6 +40,6 @@ def test_search_spaces_with_fixed_trial():
         a = METHODS.get(name)
         space = a.search_space(optuna.trial.FixedTrial({"train.lr": 1e-4, "method.beta": 0.2, "method.gamma": 0.5, "method.label_smoothing": 0.1}))
         assert "train.lr" in space
-        from harness.config import load_spec
+        from harness.core.config import load_spec
 
         load_spec(None, [f"method={name}", *(f"{k}={v}" for k, v in space.items())])

@@ -15,8 +15,8 @@ from report_store import JUDGE_ID, PLAN, Store, make_store
 from scipy import stats
 from typer.testing import CliRunner
 
-from harness.report import leaderboard, mean_ci, pareto_front, write_report
-from harness.results import results_table
+from harness.reporting.report import leaderboard, mean_ci, pareto_front, write_report
+from harness.reporting.results import results_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -198,7 +198,7 @@ def test_leaderboard_across_sweeps_and_filters(tmp_path: Path) -> None:
 
 
 def test_cli_report_and_leaderboard(sweep: Store, tmp_path: Path) -> None:
-    from harness.cli import app
+    from harness.cli.main import app
 
     runner = CliRunner()
     out = tmp_path / "cli-report"
@@ -220,7 +220,7 @@ def test_cli_report_and_leaderboard(sweep: Store, tmp_path: Path) -> None:
 def test_one_study_for_all_methods_is_split_by_method() -> None:
     import optuna
 
-    from harness.report import _colors, optuna_plots
+    from harness.reporting.report import _colors, optuna_plots
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")

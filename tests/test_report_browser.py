@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from report_store import make_store
 
-from harness.report import write_report
+from harness.reporting.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from report_store import JUDGE, JUDGE_ID, PLAN, Store, make_store
 
-from harness.results import BASE_COLUMNS, results_table
-from harness.store import Run, atomic_write_json
+from harness.reporting.results import BASE_COLUMNS, results_table
+from harness.store.runs import Run, atomic_write_json
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from optuna.trial import FixedTrial, TrialState
 
-from harness.config import ConfigError, resolve
-from harness.methods_api import METHODS, load_methods
-from harness.sweep import (
+from harness.core.config import ConfigError, resolve
+from harness.core.contract import METHODS, load_methods
+from harness.sweeps.spec import (
     ATTR_HEARTBEAT,
     arm_state,
     device_slots,
@@ -36,7 +36,7 @@ from harness.sweep import (
     trial_raw,
     within_budget,
 )
-from harness.sweep_worker import reap_stale
+from harness.sweeps.worker import reap_stale
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -373,7 +373,7 @@ def test_device_slots() -> None:
 def test_status_of_a_sweep_not_started(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from harness.cli.main import app
 
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(spec(tmp_path)))
@@ -396,7 +396,7 @@ def test_dashboard_serves_the_sweep_storage(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     log = tmp_path / "dashboard.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "dashboard", str(p), "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli.main", "dashboard", str(p), "--port", str(port)],
                                 stdout=fh, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 90

@@ -26,8 +26,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from harness.store import Run
-from harness.sweep import load_sweep
+from harness.store.runs import Run
+from harness.sweeps.spec import load_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def write_spec(tmp_path: Path, name: str = "s", **over: Any) -> Path:
 def harness(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as fh:
-        return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+        return subprocess.Popen([sys.executable, "-m", "harness.cli.main", *args], stdout=fh, stderr=subprocess.STDOUT,
                                 env=env)
 
 
@@ -239,7 +239,7 @@ def test_killed_trial_and_killed_worker(tmp_path: Path, tiny_base: Path) -> None
     assert len(ts) == 4
     assert Run(sw.run_dir(arm, 0, 0)).status()["status"] == "failed"
     assert Run(sw.run_dir(arm, 1, 0)).status()["status"] == "failed"
-    status = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "status", str(spec)],
+    status = subprocess.run([sys.executable, "-m", "harness.cli.main", "sweep", "status", str(spec)],
                             capture_output=True, text=True, check=True).stdout
     assert "killed by SIGKILL" in status and "stopped sending heartbeats" in status
 

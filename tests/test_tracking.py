@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import load_spec, spec_to_dict
-from harness.tracking import (
+from harness.core.config import load_spec, spec_to_dict
+from harness.store.tracking import (
     Tracker,
     TrackingWarning,
     WandbTracker,

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.methods_api import METHODS, load_methods
-from harness.runner import execute
-from harness.train import TrainHooks
+from harness.core.contract import METHODS, load_methods
+from harness.training.loop import TrainHooks
+from harness.training.runner import execute
 
 load_methods()
 OFFLINE_METHODS = [n for n in METHODS.names() if METHODS.get(n).data_kind.value != "prompt"]
@@ -116,7 +116,7 @@ def test_failed_run_records_error_and_bad_data_fails_early(run_spec, tmp_path):
 
 
 def test_existing_run_name_is_never_overwritten(run_spec):
-    from harness.store import RunExistsError
+    from harness.store.runs import RunExistsError
 
     execute(run_spec("method=orpo", "name=same"))
     with pytest.raises(RunExistsError):
@@ -131,8 +131,8 @@ def test_bf16_and_gradient_checkpointing_train(run_spec):
 def test_tokenised_data_is_cached_by_content(run_spec, tiny_base, tmp_path):
     from transformers import AutoTokenizer
 
-    from harness.batching import tokenize_cached
-    from harness.methods_api import DataKind
+    from harness.core.contract import DataKind
+    from harness.data.batching import tokenize_cached
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
     recs = [{"prompt": [{"role": "user", "content": "How was the movie?"}], "chosen": "great .", "rejected": "bad ."}]

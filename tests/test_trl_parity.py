@@ -1,4 +1,4 @@
-"""Parity of ``harness.losses`` with TRL 1.16, the reference implementation we benchmark against.
+"""Parity of ``harness.core.losses`` with TRL 1.16, the reference implementation we benchmark against.
 
 Tensor level where TRL exposes the loss as a method (CPO / SimPO / reference-free IPO via
 ``CPOTrainer.cpo_loss``, ORPO via ``ORPOTrainer.odds_ratio_loss``); model level where the
@@ -7,7 +7,7 @@ in ``KTOTrainer._compute_loss``, the Bradley-Terry reward loss in
 ``RewardTrainer.compute_loss``).  Model-level checks build the real TRL trainer on a tiny
 Llama and a byte-level BPE tokenizer trained here, let TRL tokenise and collate a small
 batch, call its loss, and compare with our loss computed from
-``harness.batching.sequence_logps`` on the very same token ids and completion masks.
+``harness.data.batching.sequence_logps`` on the very same token ids and completion masks.
 Every TRL convention we have to match is stated next to the check that depends on it.
 TRL is a test-only dependency.
 
@@ -41,8 +41,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
-from harness.batching import sequence_logps  # noqa: E402
-from harness.losses import (  # noqa: E402
+from harness.core.losses import (  # noqa: E402
     bradley_terry_loss,
     cpo_loss,
     dpo_loss,
@@ -52,6 +51,7 @@ from harness.losses import (  # noqa: E402
     orpo_odds_ratio_loss,
     simpo_loss,
 )
+from harness.data.batching import sequence_logps  # noqa: E402
 
 disable_progress_bars()
 

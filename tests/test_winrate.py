@@ -1,4 +1,4 @@
-"""AlpacaEval 2.0 columns and the length-controlled win rate (harness.winrate).
+"""AlpacaEval 2.0 columns and the length-controlled win rate (harness.evaluation.winrate).
 
     .venv/bin/pytest tests/test_winrate.py -q
 """
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.winrate import (
+from harness.evaluation.winrate import (
     COLUMNS,
     PoolJudgement,
     fit_length_controlled,

@@ -30,7 +30,7 @@ import typer
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    from harness.cli import fail
+    from harness.cli.main import fail
 
     fail(msg, code)
 
@@ -62,8 +62,8 @@ def _split_args(args: list[str]) -> tuple[Path | None, str | None, list[str]]:
 
 
 def _run_spec(run_dir: Path, overrides: list[str]) -> Any:
-    from harness.config import merge_raw, parse_override, resolve
-    from harness.store import Run
+    from harness.core.config import merge_raw, parse_override, resolve
+    from harness.store.runs import Run
 
     raw = Run(run_dir).config()
     if not isinstance(raw, dict) or not raw:
@@ -74,7 +74,7 @@ def _run_spec(run_dir: Path, overrides: list[str]) -> Any:
 
 def _model_spec(spec_file: str | None, overrides: list[str]) -> Any:
     """A RunSpec for evaluating a model without training: the method section is optional."""
-    from harness.config import RunSpec, build, merge_raw, parse_override, read_yaml, resolve
+    from harness.core.config import RunSpec, build, merge_raw, parse_override, read_yaml, resolve
 
     raw = read_yaml(spec_file) if spec_file else {}
     raw = merge_raw(raw, dict(parse_override(o) for o in overrides))
@@ -86,10 +86,10 @@ def _model_spec(spec_file: str | None, overrides: list[str]) -> Any:
 
 def run_baseline(spec: Any, run_dir: Path) -> str:
     """The starting point of a run: its reference model for methods with one, else the model it started from."""
-    from harness import toyworld
-    from harness.methods_api import METHODS, load_methods
-    from harness.runner import resolve_model_path
-    from harness.store import Run
+    from harness.core.contract import METHODS, load_methods
+    from harness.store.runs import Run
+    from harness.training.runner import resolve_model_path
+    from harness.worlds import toy as toyworld
 
     load_methods()
     adapter = METHODS.get(spec.method_name)
@@ -100,8 +100,8 @@ def run_baseline(spec: Any, run_dir: Path) -> str:
 
 def evaluate_run_dir(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Evaluate a finished run with its saved spec (+ overrides); store results in its summary."""
-    from harness.evaluate import evaluate_model_dir
-    from harness.store import Run
+    from harness.evaluation.evaluate import evaluate_model_dir
+    from harness.store.runs import Run
 
     run_dir = Path(run_dir)
     spec = _run_spec(run_dir, overrides or [])
@@ -116,11 +116,11 @@ def evaluate_run_dir(run_dir: str | Path, overrides: list[str] | None = None) ->
 
 def evaluate_model(spec: Any) -> tuple[Any, dict[str, Any]]:
     """Evaluate ``spec.model`` without training; results go to a new ``<output_dir>/eval-NNNN``."""
-    from harness import toyworld
-    from harness.config import spec_to_dict
-    from harness.evaluate import evaluate_model_dir
-    from harness.generation import resolve_model_dir
-    from harness.store import Run
+    from harness.core.config import spec_to_dict
+    from harness.evaluation.evaluate import evaluate_model_dir
+    from harness.modeling.generation import resolve_model_dir
+    from harness.store.runs import Run
+    from harness.worlds import toy as toyworld
 
     t0 = time.perf_counter()
     # cheap checks before a directory is made or a model loads
@@ -154,8 +154,8 @@ def evaluate_model(spec: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def _tracker(spec: Any, run: Any) -> Any:
-    from harness.config import spec_to_dict
-    from harness.tracking import Tracker, make_tracker
+    from harness.core.config import spec_to_dict
+    from harness.store.tracking import Tracker, make_tracker
 
     mode = spec.tracking.mode
     if mode == "disabled":
@@ -174,7 +174,7 @@ def _fmt(v: Any) -> str:
 def print_result(result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from harness.cli import console
+    from harness.cli.main import console
 
     table = Table(title="evaluation")
     table.add_column("metric")
@@ -208,11 +208,11 @@ def register(app: typer.Typer) -> None:
     @app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def eval_command(args: list[str] = typer.Argument(None, help="[RUN_DIR | SPEC.yaml] key=value ...")) -> None:
         """Evaluate a finished run (results into its summary.json) or any model=... (into runs/eval-NNNN/)."""
-        from harness.cli import console
-        from harness.config import ConfigError
-        from harness.evaluate import EvalError
-        from harness.lmeval import LMEvalError
-        from harness.store import RunExistsError
+        from harness.cli.main import console
+        from harness.core.config import ConfigError
+        from harness.evaluation.evaluate import EvalError
+        from harness.evaluation.lmeval import LMEvalError
+        from harness.store.runs import RunExistsError
 
         run_dir, spec_file, overrides = _split_args(args or [])
         keys = {o.split("=", 1)[0] for o in overrides}

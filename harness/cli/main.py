@@ -4,8 +4,8 @@
     harness run method=dpo
     harness run my_run.yaml train.lr=5e-6 method.beta=0.05 seed=3
 
-Optional command groups live in their own modules (``harness.cli_sweep``,
-``harness.cli_eval``, ``harness.cli_report``); each exposes ``register(app)``.
+Optional command groups live in their own modules (``harness.cli.sweep``,
+``harness.cli.eval``, ``harness.cli.report``); each exposes ``register(app)``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark ha
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
-EXTENSIONS = ("harness.cli_sweep", "harness.cli_eval", "harness.cli_report")
+EXTENSIONS = ("harness.cli.sweep", "harness.cli.eval", "harness.cli.report")
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -34,7 +34,7 @@ def fail(msg: str, code: int = 2) -> None:
 @app.command()
 def methods() -> None:
     """List registered methods: paper, data kind, reference model, default hyperparameters."""
-    from harness.methods_api import METHODS, hp_defaults, load_methods
+    from harness.core.contract import METHODS, hp_defaults, load_methods
 
     load_methods()
     table = Table(title="methods")
@@ -63,9 +63,9 @@ def split_spec_args(args: list[str]) -> tuple[str | None, list[str]]:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")) -> None:
     """Train one run (then evaluate it) and write runs/<name>/."""
-    from harness.config import ConfigError, load_spec
-    from harness.runner import SpecError, execute
-    from harness.store import RunExistsError
+    from harness.core.config import ConfigError, load_spec
+    from harness.store.runs import RunExistsError
+    from harness.training.runner import SpecError, execute
 
     path, overrides = split_spec_args(args or [])
     try:
@@ -91,7 +91,7 @@ def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")
     )
 
 
-QUICKSTART_SPEC = Path(__file__).resolve().parent.parent / "sweeps" / "quickstart.yaml"
+QUICKSTART_SPEC = Path(__file__).resolve().parents[2] / "sweeps" / "quickstart.yaml"
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -105,11 +105,11 @@ def quickstart(
     """
     import time
 
-    from harness import toyworld
-    from harness.cli_sweep import run_sweep_here
-    from harness.config import ConfigError
-    from harness.report import write_report
-    from harness.sweep import load_sweep
+    from harness.cli.sweep import run_sweep_here
+    from harness.core.config import ConfigError
+    from harness.reporting.report import write_report
+    from harness.sweeps.spec import load_sweep
+    from harness.worlds import toy as toyworld
 
     t0 = time.perf_counter()
     if not QUICKSTART_SPEC.exists():
@@ -118,7 +118,7 @@ def quickstart(
         sw = load_sweep(QUICKSTART_SPEC, list(args or []))
     except ConfigError as e:
         fail(str(e))
-    from harness.config import merge_raw
+    from harness.core.config import merge_raw
 
     model = str(merge_raw(sw.base, {}).get("model", {}).get("name_or_path", "toy"))
     console.print(f"[bold]1/3[/] toy world and SFT base ({model}): built once, then cached in {toyworld.cache_root()}")

@@ -3,8 +3,8 @@
     harness report runs/quickstart [--out DIR]            # writes index.md + index.html, prints the html path
     harness leaderboard runs/ [--model M] [--data D] [--judge J]
 
-Registered into the ``harness`` app by ``harness.cli`` (``register(app)``); the work is done
-by :mod:`harness.report` from :func:`harness.results.results_table`.
+Registered into the ``harness`` app by ``harness.cli.main`` (``register(app)``); the work is done
+by :mod:`harness.reporting.report` from :func:`harness.reporting.results.results_table`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def report(
     direction: str | None = typer.Option(None, help="maximize or minimize (default: the sweep's, else maximize)"),
 ) -> None:
     """Write a Markdown + self-contained HTML report (leaderboard, plots, cost, provenance); print its path."""
-    from harness.report import write_report
+    from harness.reporting.report import write_report
 
     _check_root(root)
     if direction is not None and direction not in ("maximize", "minimize"):
@@ -56,8 +56,8 @@ def leaderboard(
     csv: Path | None = typer.Option(None, help="also write the full leaderboard (every column) to this CSV"),
 ) -> None:
     """One table across all sweeps and runs: each method's best configuration, mean ± 95% CI over seeds."""
-    from harness.report import leaderboard as build
-    from harness.report import leaderboard_table
+    from harness.reporting.report import leaderboard as build
+    from harness.reporting.report import leaderboard_table
 
     _check_root(root)
     board = build(root, model=model, data=data, judge=judge, objective=objective)

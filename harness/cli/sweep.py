@@ -1,4 +1,4 @@
-"""Sweep commands of the ``harness`` CLI (registered by ``harness.cli``).
+"""Sweep commands of the ``harness`` CLI (registered by ``harness.cli.main``).
 
     harness sweep sweeps/quickstart.yaml [key=value ...] [--slots N | --devices 0,1]
     harness sweep status sweeps/quickstart.yaml [--json]
@@ -39,8 +39,8 @@ def _split(args: list[str]) -> tuple[str, list[str]]:
 
 
 def _load(args: list[str], check_runs: bool = True) -> Any:
-    from harness.config import ConfigError
-    from harness.sweep import load_sweep
+    from harness.core.config import ConfigError
+    from harness.sweeps.spec import load_sweep
 
     path, overrides = _split(args)
     try:
@@ -69,9 +69,9 @@ def _describe(sweep: Any) -> None:
 
 
 def _run_worker(sweep: Any, slots: int | None, devices: str | None, salt: int, max_trials: int | None) -> None:
-    from harness.config import ConfigError
-    from harness.sweep import device_slots
-    from harness.sweep_worker import Worker
+    from harness.core.config import ConfigError
+    from harness.sweeps.spec import device_slots
+    from harness.sweeps.worker import Worker
 
     try:
         envs = device_slots(devices, slots, sweep.spec.execution.gpus_per_trial)
@@ -95,8 +95,8 @@ def _run_worker(sweep: Any, slots: int | None, devices: str | None, salt: int, m
 def run_sweep_here(sweep: Any, slots: int | None, devices: str | None, max_trials: int | None) -> None:
     """What ``harness sweep SPEC`` does (and the quickstart): describe, create the studies once,
     work through the trials here, then print the status table."""
-    from harness.config import ConfigError
-    from harness.sweep import ensure_studies, sweep_status
+    from harness.core.config import ConfigError
+    from harness.sweeps.spec import ensure_studies, sweep_status
 
     _describe(sweep)
     try:
@@ -159,7 +159,7 @@ def register(app: typer.Typer) -> None:
         args = list(args or [])
         if args and args[0] == "status":
             sw = _load(args[1:], check_runs=False)  # reading the study needs no run-spec checks
-            from harness.sweep import sweep_status
+            from harness.sweeps.spec import sweep_status
 
             st = sweep_status(sw)
             if as_json:
@@ -189,7 +189,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve optuna-dashboard on the sweep's storage."""
         sw = _load([spec], check_runs=False)
-        from harness.sweep import dashboard as serve
+        from harness.sweeps.spec import dashboard as serve
 
         console.print(f"optuna-dashboard on {sw.storage.display()}: http://{host}:{port}/")
         try:

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from harness.registry import did_you_mean
+from harness.core.registry import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -117,7 +117,7 @@ class PrefixSpec:
 
 @dataclass
 class PeftSpec:
-    """Parameterisation: full fine-tuning (none) or an adapter on a frozen base (harness.peft_setup)."""
+    """Parameterisation: full fine-tuning (none) or an adapter on a frozen base (harness.modeling.peft_setup)."""
 
     kind: Literal["none", "lora", "qlora", "prefix"] = "none"
     #: used by kind=lora and kind=qlora
@@ -158,7 +158,7 @@ class TrainSpec:
 
 @dataclass
 class EvalSpec:
-    """What ``harness.evaluate`` measures after training (and ``harness eval`` on demand)."""
+    """What ``harness.evaluation.evaluate`` measures after training (and ``harness eval`` on demand)."""
 
     enabled: bool = True
     #: held-out prompts to sample from (toy world: its eval prompts)
@@ -473,7 +473,7 @@ def merge_raw(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
 
 def resolve(raw: Mapping[str, Any]) -> RunSpec:
     """Validate a raw spec dict (YAML + overrides merged) into a RunSpec."""
-    from harness.methods_api import METHODS, load_methods
+    from harness.core.contract import METHODS, load_methods
 
     load_methods()
     raw = _normalise_sections(dict(raw))

@@ -2,10 +2,10 @@
 
 A method is one file in ``methods/`` that defines a hyperparameter dataclass and an
 adapter class decorated with ``@register_method``.  The training core
-(``harness.train``) reads the adapter's capability attributes to decide what to
+(``harness.training.loop``) reads the adapter's capability attributes to decide what to
 load and compute (reference model or not, which data segments, reward head or LM
 head) and calls ``objective`` with per-sequence log-probs; the objective is built
-from the pure functions in ``harness.losses``.
+from the pure functions in ``harness.core.losses``.
 
     harness methods      # lists every registered adapter
 """
@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 
 class DataKind(str, Enum):

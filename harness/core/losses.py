@@ -3,7 +3,7 @@
 Nothing here knows about models, batches or trainers: each function takes tensors of
 shape [B] (summed or length-averaged completion log-probs, reward-head scores) and
 returns per-example losses of shape [B] plus the implicit rewards a paper defines.
-The method adapters in ``methods/`` reduce them (see ``harness.methods_api.Normalizer``).
+The method adapters in ``methods/`` reduce them (see ``harness.core.contract.Normalizer``).
 Tests: ``tests/test_losses.py`` (hand-computed values, parity with TRL).
 """
 

@@ -2,7 +2,7 @@
 one concatenated, right-padded batch so chosen and rejected (or completion and KL)
 sequences go through the model in a single forward.
 
-Records come from ``harness.data`` in a fixed shape: ``prompt`` is a list of chat
+Records come from ``harness.data.load`` in a fixed shape: ``prompt`` is a list of chat
 messages; ``completion`` / ``chosen`` / ``rejected`` are assistant reply strings;
 ``label`` is the desirable flag of unpaired data.  The prompt is rendered with the
 tokenizer's chat template (``add_generation_prompt=True``); the completion is
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from harness.methods_api import SEGMENTS, DataKind
+from harness.core.contract import SEGMENTS, DataKind
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:

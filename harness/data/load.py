@@ -1,6 +1,6 @@
 """Real-data loading: hub ids and local json/jsonl/parquet/csv files or directories, in
 TRL's common column conventions, validated row by row and normalised to the record
-shape a method's data kind needs (see ``harness.batching``).
+shape a method's data kind needs (see ``harness.data.batching``).
 
     harness run method=dpo data=data/prefs.jsonl
     harness run method=dpo data=HuggingFaceH4/ultrafeedback_binarized data.split=train_prefs
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.methods_api import DataKind
+from harness.core.contract import DataKind
 
 log = logging.getLogger(__name__)
 

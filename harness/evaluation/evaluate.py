@@ -1,25 +1,25 @@
 """Uniform evaluation of a trained model: what every run and sweep trial reports at its end.
 
     harness run method=dpo                 # the runner calls evaluate_trained() after training
-    harness eval runs/dpo-0001             # re-evaluate a finished run (harness.cli_eval)
+    harness eval runs/dpo-0001             # re-evaluate a finished run (harness.cli.eval)
     harness eval model=toy eval.baseline=toy:tiny
 
-The run spec's ``eval`` section (:class:`harness.config.EvalSpec`) decides what is measured:
+The run spec's ``eval`` section (:class:`harness.core.config.EvalSpec`) decides what is measured:
 
 - samples: the candidate and the baseline (the run's starting point) answer the same
   held-out instructions with the same sampling parameters and seed
-  (:mod:`harness.generation`); the baseline's answers are cached by weights and parameters,
+  (:mod:`harness.modeling.generation`); the baseline's answers are cached by weights and parameters,
   so the trials of a sweep generate them once;
-- gold reward (toy world): mean / std of :func:`harness.toyworld.gold_reward` for both;
+- gold reward (toy world): mean / std of :func:`harness.worlds.toy.gold_reward` for both;
 - reward-model score: mean / std of a reward model's scores for both;
 - KL(candidate || baseline): the sampled estimate E_{y~pi}[log pi(y|x) - log pi_base(y|x)]
   from ``kl_samples`` samples per prompt drawn at temperature 1 (the model's own
   distribution), with its standard error over prompts;
 - pairwise win rates against the baseline's answers (AlpacaEval 2.0's columns, both
-  orders, cached judgements; :mod:`harness.judges`, :mod:`harness.winrate`) for the main
+  orders, cached judgements; :mod:`harness.evaluation.judges`, :mod:`harness.evaluation.winrate`) for the main
   judge, flat in the result, and every judge under ``judges`` keyed by its kind, each with
   the judge's identity so numbers of different judges never share a column;
-- lm-eval tasks (:mod:`harness.lmeval`);
+- lm-eval tasks (:mod:`harness.evaluation.lmeval`);
 - for reward models (``method=reward``): chosen-over-rejected accuracy on held-out pairs
   (RewardBench's measure) instead of the above.
 
@@ -44,9 +44,9 @@ from typing import Any
 
 import torch
 
-from harness import toyworld
-from harness.config import EvalSpec, RunSpec
-from harness.generation import (
+from harness.core.config import EvalSpec, RunSpec
+from harness.evaluation.lmeval import TOY_TASKS, toy_subject
+from harness.modeling.generation import (
     Completion,
     Prompt,
     SamplingParams,
@@ -59,8 +59,8 @@ from harness.generation import (
     resolve_model_dir,
     vllm_available,
 )
-from harness.lmeval import TOY_TASKS, toy_subject
-from harness.store import atomic_write_text
+from harness.store.runs import atomic_write_text
+from harness.worlds import toy as toyworld
 
 #: bump when the baseline-sample cache's contents change meaning
 BASELINE_CACHE_VERSION = "1"
@@ -151,8 +151,8 @@ def _check_judge_config(ev: EvalSpec, toy: bool, custom_prompts: bool) -> str:
 
 def load_eval_prompts(spec: RunSpec) -> tuple[list[Prompt], str]:
     """The instructions to answer and where they came from (a description)."""
-    from harness.data import DataError, load_records
-    from harness.methods_api import DataKind
+    from harness.core.contract import DataKind
+    from harness.data.load import DataError, load_records
 
     ev = spec.eval
     if ev.prompts is not None:
@@ -202,7 +202,7 @@ def _sample(model: Any, tok: Any, path: str | None, prompts: list[Prompt], param
 
 
 def _baseline_cache_path(baseline: str, prompts: list[Prompt], params: SamplingParams, backend: str) -> Path:
-    from harness.train import weights_fingerprint
+    from harness.training.loop import weights_fingerprint
 
     blob = json.dumps({
         "v": BASELINE_CACHE_VERSION, "weights": weights_fingerprint(baseline), "prompts": prompts,
@@ -242,7 +242,7 @@ def _same_vocab(a: Any, b: Any) -> bool:
 
 
 def _build_judge(kind: str, ev: EvalSpec, device: torch.device) -> Any:
-    from harness.judges import build_judge
+    from harness.evaluation.judges import build_judge
 
     if kind == "gold":
         return build_judge("gold")
@@ -272,8 +272,8 @@ def _judge_kinds(primary: str, ev: EvalSpec, toy_prompts: bool) -> list[str]:
 
 def _pairwise(judge: Any, kind: str, ev: EvalSpec, instructions: list[str], cand: list[str],
               base: list[str]) -> tuple[dict[str, Any], list[float | None]]:
-    from harness.judges import RetryPolicy, judge_pairs
-    from harness.winrate import pairwise_stats
+    from harness.evaluation.judges import RetryPolicy, judge_pairs
+    from harness.evaluation.winrate import pairwise_stats
 
     judged = judge_pairs(
         judge, instructions, cand, base, toyworld.cache_root() / "judgements",
@@ -406,7 +406,7 @@ def _policy_eval(
     primary, tasks, prompts, prompts_source = plan.primary_judge, plan.lm_eval_tasks, plan.prompts, plan.prompts_source
     manager = None
     if tasks:
-        from harness.lmeval import task_manager
+        from harness.evaluation.lmeval import task_manager
 
         with timer("lm_eval"):
             manager = task_manager(tasks, ev.lm_eval_include, _world(spec) if toy else None)
@@ -486,7 +486,7 @@ def _policy_eval(
     elif ev.kl_samples == 0:
         skipped["kl"] = "eval.kl_samples=0"
 
-    from harness.judges import JudgeError
+    from harness.evaluation.judges import JudgeError
 
     preferences: list[float | None] | None = None
     if base_text is not None:
@@ -514,7 +514,7 @@ def _policy_eval(
             skipped["win_rate"] = "eval.judge=none"
 
     if tasks:
-        from harness.lmeval import run_lm_eval
+        from harness.evaluation.lmeval import run_lm_eval
 
         with timer("lm_eval"):
             result["lm_eval"] = run_lm_eval(
@@ -585,8 +585,8 @@ def toy_heldout_pairs(world: toyworld.World, per_prompt: int = TOY_RM_PAIRS_PER_
 
 
 def load_rm_pairs(spec: RunSpec) -> tuple[list[dict[str, Any]], str]:
-    from harness.data import DataError, load_records
-    from harness.methods_api import DataKind
+    from harness.core.contract import DataKind
+    from harness.data.load import DataError, load_records
 
     ev = spec.eval
     if ev.rm_pairs is not None:
@@ -608,10 +608,10 @@ def load_rm_pairs(spec: RunSpec) -> tuple[list[dict[str, Any]], str]:
 def reward_accuracy(model: Any, tok: Any, pairs: list[dict[str, Any]], max_length: int, max_prompt_length: int,
                     batch_size: int = 32) -> dict[str, float]:
     """Share of pairs whose chosen reply scores above the rejected one (ties count half),
-    scoring sequences exactly as reward training formats them (:mod:`harness.batching`)."""
-    from harness.batching import collate, tokenize_records
-    from harness.methods_api import DataKind
-    from harness.train import forward_segments
+    scoring sequences exactly as reward training formats them (:mod:`harness.data.batching`)."""
+    from harness.core.contract import DataKind
+    from harness.data.batching import collate, tokenize_records
+    from harness.training.loop import forward_segments
 
     examples = tokenize_records(pairs, tok, DataKind.PAIRED, max_length, max_prompt_length)
     device = next(model.parameters()).device
@@ -656,7 +656,7 @@ def _reward_eval(model: Any, tok: Any, spec: RunSpec, out_dir: Path | None, trac
 def evaluate_trained(
     *, run: Any, spec: RunSpec, model: Any, tokenizer: Any, baseline_path: str | None, tracker: Any = None
 ) -> dict[str, Any]:
-    """Evaluate a model that just finished training (called by ``harness.runner``).
+    """Evaluate a model that just finished training (called by ``harness.training.runner``).
 
     ``baseline_path`` is the run's starting point (its reference for methods with one);
     ``eval.baseline`` overrides it.  Results are returned (the runner stores them as the
@@ -687,7 +687,7 @@ def evaluate_model_dir(
     if _method_name(spec) == "reward" or is_reward_model_dir(path):
         from transformers import AutoModelForSequenceClassification
 
-        from harness.generation import load_tokenizer
+        from harness.modeling.generation import load_tokenizer
 
         tok = load_tokenizer(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)

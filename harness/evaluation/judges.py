@@ -21,7 +21,7 @@ Backends:
 :func:`judge_pairs` judges every candidate/baseline pair in both orders and averages, so a
 judge's position bias cancels; ties count half; each judgement is cached on disk under a
 content hash of (judge identity, instruction, a, b), so re-evaluating costs nothing.
-:func:`evaluate_pairwise` adds AlpacaEval 2.0's columns from :mod:`harness.winrate`.
+:func:`evaluate_pairwise` adds AlpacaEval 2.0's columns from :mod:`harness.evaluation.winrate`.
 Used by ``harness eval``, e.g.
 
     harness eval runs/dpo-0001 eval.judge=openai eval.judge_model=gpt-4o-mini
@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from harness.registry import Registry
-from harness.store import atomic_write_json
-from harness.winrate import PoolJudgement, pairwise_stats
+from harness.core.registry import Registry
+from harness.evaluation.winrate import PoolJudgement, pairwise_stats
+from harness.store.runs import atomic_write_json
 
 #: bump when the judging prompt's wording changes: cached judgements are keyed by it
 PROMPT_VERSION = "pairwise-v1"
@@ -838,7 +838,7 @@ def gold_judge(
     mode: Literal["hard", "soft"] = "hard", temperature: float = 1.0, tie_tolerance: float = 0.0
 ) -> ScorerJudge:
     """The toy world's programmatic gold reward as judge (toy-world prompts only)."""
-    from harness.toyworld import TOY_VERSION, gold_reward
+    from harness.worlds.toy import TOY_VERSION, gold_reward
 
     return ScorerJudge(
         gold_reward, name=f"toyworld.gold_reward@{TOY_VERSION}", mode=mode,

@@ -33,10 +33,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import toyworld
-from harness.registry import did_you_mean
+from harness.core.registry import did_you_mean
+from harness.worlds import toy as toyworld
 
-ASSETS = Path(__file__).parent / "assets" / "lm_eval_tasks"
+ASSETS = Path(__file__).resolve().parent.parent / "worlds" / "assets" / "toy"
 TOY_TASKS = ("toy_topic_choice", "toy_topic_gen")
 #: bump when the items or templates change: the rendered directory is keyed by it
 TOY_TASKS_VERSION = "1"

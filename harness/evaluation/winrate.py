@@ -3,7 +3,7 @@ r"""Win rates from judged pairs, with AlpacaEval 2.0's columns and length-contro
 Pure functions over numbers: a preference per pair (the probability that the candidate's
 output beats the baseline's on one instruction, in [0, 1]; 0.5 is a tie), the two outputs'
 lengths (characters, as AlpacaEval counts them) and an instruction id per pair.  The
-judging itself (both orders, caching, retries) lives in :mod:`harness.judges`, which calls
+judging itself (both orders, caching, retries) lives in :mod:`harness.evaluation.judges`, which calls
 :func:`pairwise_stats`; so does ``harness eval`` through it, e.g.
 
     harness eval runs/dpo-0001 eval.judge=gold

@@ -10,7 +10,7 @@ or from Python::
     outs[0].text, outs[0].n_tokens, outs[0].finish_reason
 
 Prompts are strings (one user turn) or chat message lists, rendered with the tokenizer's
-chat template exactly as training renders them (:func:`harness.batching.render_prompt`).
+chat template exactly as training renders them (:func:`harness.data.batching.render_prompt`).
 Batches are LEFT-padded so every row's next token follows its own last prompt token.
 Sampling is seeded per batch inside a forked RNG, so the same prompts, parameters, batch
 size and seed give the same completions, and the caller's RNG state is left untouched.
@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 
-from harness.batching import render_prompt, sequence_logps
+from harness.data.batching import render_prompt, sequence_logps
 
 Prompt = str | list[dict[str, str]]
 FinishReason = Literal["eos", "stop", "length"]
@@ -302,7 +302,7 @@ def completion_logprobs(
 
 def resolve_model_dir(path: str | Path) -> str:
     """A run directory -> its ``final/``; ``toy`` / ``toy:<size>`` -> the toy SFT base; else unchanged."""
-    from harness import toyworld
+    from harness.worlds import toy as toyworld
 
     s = str(path)
     toy = toyworld.resolve_model(s)
@@ -324,7 +324,7 @@ def is_adapter_dir(path: str | Path) -> bool:
 def adapter_base(path: str | Path) -> str:
     """The base model an adapter directory was trained on (toy names resolved): the one the
     harness recorded next to it, else the adapter config's ``base_model_name_or_path``."""
-    from harness.peft_setup import META_FILE
+    from harness.modeling.peft_setup import META_FILE
 
     meta_path = Path(path) / META_FILE
     if meta_path.is_file():
@@ -382,7 +382,7 @@ def load_causal_lm(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if is_adapter_dir(path):
-        from harness.peft_setup import load_trained
+        from harness.modeling.peft_setup import load_trained
 
         # peft_setup rebuilds the base exactly as training loaded it (a 4-bit base for QLoRA)
         model = load_trained(path, merge=merge, base_path=adapter_base(path), device=device)

@@ -4,7 +4,7 @@
     harness run method=simpo peft=qlora peft.quant.quant_type=fp4
     harness run method=sft peft=prefix peft.prefix.num_virtual_tokens=8
 
-``harness.runner`` calls, in order: :func:`check` (spec-only checks, before data or
+``harness.training.runner`` calls, in order: :func:`check` (spec-only checks, before data or
 model loads), :func:`check_targets_for` (on a weightless skeleton) and :func:`load_kwargs`
 (QLoRA's 4-bit loading) before the weights load, :func:`apply` (wraps the loaded base),
 :func:`register_checkpoint_hooks` (checkpoints hold the adapter only),
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from harness.config import ConfigError, PeftSpec, RunSpec
+from harness.core.config import ConfigError, PeftSpec, RunSpec
 
 #: written next to the adapter in ``final/`` so it reloads on the same (possibly 4-bit) base
 META_FILE = "harness_peft.json"
@@ -324,6 +324,6 @@ def load_trained(
 
 
 def _quant_from(d: dict[str, Any]) -> Any:
-    from harness.config import QuantSpec, build
+    from harness.core.config import QuantSpec, build
 
     return build(QuantSpec, d, "quant")

@@ -2,9 +2,9 @@
 
     harness report runs/quickstart             # -> runs/quickstart/report/index.html (path printed)
     harness leaderboard runs/ --model toy      # one table across every sweep and run
-    python -c "from harness.report import write_report; print(write_report('runs/quickstart'))"
+    python -c "from harness.reporting.report import write_report; print(write_report('runs/quickstart'))"
 
-Everything comes from :func:`harness.results.results_table` (one row per run or trial),
+Everything comes from :func:`harness.reporting.results.results_table` (one row per run or trial),
 plus each best trial's ``metrics.jsonl`` for training curves and the Optuna study when the
 runs name its storage (``sweep_storage`` / ``study_name``).  The report has:
 
@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.results import COST_COLUMNS, NOT_CONFIG, results_table
-from harness.store import read_jsonl
+from harness.reporting.results import COST_COLUMNS, NOT_CONFIG, results_table
+from harness.store.runs import read_jsonl
 
 #: AlpacaEval 2.0's leaderboard columns, LC win rate first; judge standard errors per metric
 ALPACA_COLUMNS = ("length_controlled_winrate", "win_rate", "avg_length")

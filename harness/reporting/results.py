@@ -1,9 +1,9 @@
 """Every run and trial in a run store as one pandas DataFrame: the only input of reports and leaderboards.
 
-    python -c "from harness.results import results_table; print(results_table('runs'))"
-    harness leaderboard runs/            # (harness.cli_report) built from this table
+    python -c "from harness.reporting.results import results_table; print(results_table('runs'))"
+    harness leaderboard runs/            # (harness.cli.report) built from this table
 
-One row per run directory found under ``root`` (``harness.store.iter_runs``), whatever its
+One row per run directory found under ``root`` (``harness.store.runs.iter_runs``), whatever its
 state.  Columns:
 
 - identity: ``run`` (directory name), ``relpath`` (below ``root``; unique), ``path``,
@@ -15,7 +15,7 @@ state.  Columns:
   train/eval sections without the seed, so the seeds of one configuration share it;
 - the sweep, when the run belongs to one: ``sweep_name``, ``sweep_arm``, ``trial_number``,
   ``sweep_storage``, ``study_name``, ``sweep_objective``, ``sweep_direction`` (from the
-  spec's ``tags`` that ``harness.sweep`` sets, a ``sweep`` entry, or the summary's keys of
+  spec's ``tags`` that ``harness.sweeps.spec`` sets, a ``sweep`` entry, or the summary's keys of
   those names, which win); ``arm`` is the sweep arm, else the method: what leaderboards rank;
 - results (``summary.json``): top-level numbers as they are (``final_loss``, ``steps``, ...),
   nested sections flattened with ``/`` (``final_metrics/loss``), and the ``eval`` section
@@ -44,7 +44,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.store import Run, iter_runs
+from harness.store.runs import Run, iter_runs
 
 #: spec sections flattened as ``<section>.<key>``
 SPEC_SECTIONS = ("model", "data", "method", "peft", "train", "eval", "tracking")
@@ -58,7 +58,7 @@ SWEEP_KEYS = ("sweep_name", "sweep_arm", "trial_number", "sweep_storage", "study
 COST_COLUMNS = ("wall_time_s", "tokens_per_s", "peak_memory_mb", "trainable_params", "gpu_hours")
 BASE_COLUMNS = ("run", "relpath", "path", "status", "error", "started_at", "ended_at", "arm", "method", "model",
                 "data", "peft", "seed", "config_id", *SWEEP_KEYS, "judge", *COST_COLUMNS)
-#: the tags ``harness.sweep`` puts on every trial's spec
+#: the tags ``harness.sweeps.spec`` puts on every trial's spec
 _TAG_KEYS = {"sweep": "sweep_name", "arm": "sweep_arm", "trial_number": "trial_number", "study_name": "study_name",
              "storage": "sweep_storage"}
 #: how the sweep's keys may be spelled in a config's ``sweep`` mapping
@@ -148,7 +148,7 @@ def _spec_columns(config: Mapping[str, Any]) -> dict[str, Any]:
 def _sweep_columns(config: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
     cols: dict[str, Any] = {}
     tags = config.get("tags")
-    if isinstance(tags, Mapping):  # harness.sweep tags every trial's spec, so failed trials are placed too
+    if isinstance(tags, Mapping):  # harness.sweeps.spec tags every trial's spec, so failed trials are placed too
         for key, col in _TAG_KEYS.items():
             if tags.get(key) is not None and not isinstance(tags[key], Mapping):
                 cols[col] = _scalar(tags[key])

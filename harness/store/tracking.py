@@ -10,12 +10,12 @@ The runner talks only to :class:`Tracker`::
     tracker.finish("completed")
 
 A sweep is a W&B *group* and each method a *job type*, so the W&B UI groups trials the
-same way the report does.  The run store on disk (``harness.store``) is the source of
+same way the report does.  The run store on disk (``harness.store.runs``) is the source of
 truth: W&B is a mirror.  Any exception raised by wandb (not installed, no network, no
 API key, a dead service process) is reported once as a :class:`TrackingWarning` and the
 tracker turns into a no-op, so a run never fails because of tracking.
 
-``harness run ...`` and ``harness sweep ...`` use it through ``harness.runner``; set
+``harness run ...`` and ``harness sweep ...`` use it through ``harness.training.runner``; set
 ``WANDB_MODE=disabled`` to turn it off, ``WANDB_MODE=online`` (or ``wandb login``) to upload.
 :func:`read_wandb_log` reads back what an offline run wrote (tests, debugging).
 """

@@ -2,7 +2,7 @@
 every trial forked from it starts with torch, transformers, the runner and the methods already
 imported instead of paying several seconds of imports per trial.
 
-    python -c "import harness.sweep_preload as p; print(p.IMPORT_S)"   # what a trial saves
+    python -c "import harness.sweeps.preload as p; print(p.IMPORT_S)"   # what a trial saves
 
 Nothing here may start a thread or initialise CUDA: the fork server forks trials from this state.
 """
@@ -14,7 +14,7 @@ import time
 
 _t0 = time.time()
 
-from harness.sweep_trial import _preload, _redirect  # noqa: E402
+from harness.sweeps.trial import _preload, _redirect  # noqa: E402
 
 # import-time chatter (library warnings) goes to the worker's log, not the user's terminal
 _redirect(os.environ.get("HARNESS_FORKSERVER_LOG"))

@@ -14,8 +14,8 @@ objective over the seeds (the spread is kept in the trial's user attributes).
 Everything a sweep will run is validated here before any trial starts: unknown keys
 and wrong types (with did-you-mean), each arm's search space (sampled at its corners
 and at random through a real in-memory Optuna study), and every resulting run spec
-through :func:`harness.config.resolve`.  The workers live in
-:mod:`harness.sweep_worker`; one trial's process is :mod:`harness.sweep_trial`.
+through :func:`harness.core.config.resolve`.  The workers live in
+:mod:`harness.sweeps.worker`; one trial's process is :mod:`harness.sweeps.trial`.
 
 Budget bookkeeping, shared by all workers through the storage only: a trial with no
 ``retry_of`` user attribute is *fresh* and occupies one of the arm's
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.config import (
+from harness.core.config import (
     ConfigError,
     build,
     merge_raw,
@@ -55,7 +55,7 @@ from harness.config import (
     set_dotted,
     to_dict,
 )
-from harness.registry import did_you_mean
+from harness.core.registry import did_you_mean
 
 #: summary.json keys an objective may start with (the runner writes these)
 SUMMARY_ROOTS = (
@@ -374,7 +374,7 @@ def _load(path: str | Path | None, overrides: list[str] | None, raw: Mapping[str
     seeds = list(range(spec.seeds)) if isinstance(spec.seeds, int) else list(spec.seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: need at least one seed and no repeats, got {spec.seeds!r}")
-    from harness.methods_api import METHODS, load_methods
+    from harness.core.contract import METHODS, load_methods
 
     load_methods()
     arms: list[Arm] = []
@@ -426,7 +426,7 @@ def search_space_fn(arm: Arm) -> Callable[[Any], dict[str, Any]]:
     if arm.space is not None:
         space = arm.space
         return lambda trial: {k: p.suggest(trial, k) for k, p in space.items()}
-    from harness.methods_api import METHODS, load_methods
+    from harness.core.contract import METHODS, load_methods
 
     load_methods()
     adapter = METHODS.get(arm.method)
@@ -454,7 +454,7 @@ def sweep_tags(sweep: Sweep, arm: Arm, number: int, seed_index: int) -> dict[str
 
 
 def summary_keys(sweep: Sweep, arm: Arm, number: int, seed_index: int) -> dict[str, Any]:
-    """Keys each trial run's summary.json gets (``harness.results`` reads them)."""
+    """Keys each trial run's summary.json gets (``harness.reporting.results`` reads them)."""
     return {"sweep_name": sweep.name, "trial_number": number, "sweep_storage": sweep.storage.report_form,
             "study_name": sweep.study_name(arm), "sweep_objective": sweep.spec.objective.metric,
             "sweep_direction": sweep.spec.objective.direction, "sweep_arm": arm.label, "sweep_seed_index": seed_index}
@@ -491,7 +491,7 @@ def _probe_params(arm: Arm) -> list[dict[str, Any]]:
 
 
 def _check_arm(sweep: Sweep, arm: Arm) -> None:
-    from harness.runner import SpecError, check_spec
+    from harness.training.runner import SpecError, check_spec
 
     where = f"methods.{arm.label}"
     try:

@@ -1,9 +1,9 @@
 """One sweep trial in its own process: train every seed of one configuration, report to Optuna, write a result.
 
-Started by a sweep worker (:mod:`harness.sweep_worker`), never by hand:
+Started by a sweep worker (:mod:`harness.sweeps.worker`), never by hand:
 
-    forked from the worker's fork server: harness.sweep_trial.forked_main(job_path, env)
-    python -m harness.sweep_trial --job JOB.json  # a fresh interpreter (also under ``accelerate launch -m``)
+    forked from the worker's fork server: harness.sweeps.trial.forked_main(job_path, env)
+    python -m harness.sweeps.trial --job JOB.json  # a fresh interpreter (also under ``accelerate launch -m``)
 
 A job file holds the resolved raw run spec of each seed, the study and trial ids (for
 pruning reports) and where to write the result.  The result file says ``complete``
@@ -33,8 +33,8 @@ def _preload() -> None:
     """Import what every trial needs (the fork server runs this once; forked trials inherit it)."""
     import optuna  # noqa: F401
 
-    import harness.runner  # noqa: F401  (torch, accelerate, the store, the methods)
-    from harness.methods_api import load_methods
+    import harness.training.runner  # noqa: F401  (torch, accelerate, the store, the methods)
+    from harness.core.contract import load_methods
 
     load_methods()
     try:  # transformers imports lazily: touch what a run will use
@@ -47,14 +47,14 @@ def _preload() -> None:
     except Exception:
         pass
     try:
-        import harness.data  # noqa: F401
-        import harness.evaluate  # noqa: F401
+        import harness.data.load  # noqa: F401
+        import harness.evaluation.evaluate  # noqa: F401
     except Exception:
         pass
 
 
 def _write_json(path: str | Path, obj: Any) -> None:
-    from harness.store import atomic_write_json
+    from harness.store.runs import atomic_write_json
 
     atomic_write_json(path, obj)
 
@@ -70,7 +70,7 @@ def _world() -> int:
 def _fail_reason(e: BaseException) -> str:
     import torch
 
-    from harness.train import NonFiniteLoss
+    from harness.training.loop import NonFiniteLoss
 
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
     if isinstance(e, NonFiniteLoss):
@@ -98,8 +98,8 @@ class _Reporter:
         if p["kind"] != "none" and _rank() == 0:
             import optuna
 
-            from harness.config import build
-            from harness.sweep import PrunerSpec, StorageRef, make_pruner
+            from harness.core.config import build
+            from harness.sweeps.spec import PrunerSpec, StorageRef, make_pruner
 
             storage = StorageRef(job["storage_kind"], job["storage"]).open()
             pruner = make_pruner(build(PrunerSpec, p, "pruner"), job.get("max_steps"))
@@ -134,10 +134,10 @@ class _Reporter:
 
 
 def run_job(job: dict[str, Any], t_trial_start: float, import_s: float) -> dict[str, Any]:
-    from harness.config import resolve
-    from harness.runner import execute
-    from harness.sweep import lookup_metric
-    from harness.train import TrainHooks
+    from harness.core.config import resolve
+    from harness.sweeps.spec import lookup_metric
+    from harness.training.loop import TrainHooks
+    from harness.training.runner import execute
 
     reporter = _Reporter(job)
     values: list[float] = []
@@ -269,7 +269,7 @@ def forked_main(job_path: str, env: dict[str, str]) -> None:
         import torch
 
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    from harness import sweep_preload
+    from harness.sweeps import preload as sweep_preload
 
     if sweep_preload.CUDA_INITIALIZED and env.get("CUDA_VISIBLE_DEVICES"):
         raise RuntimeError("the fork server initialised CUDA while importing, so forked trials cannot use the GPU; "
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _watch_worker()
     if "--job" not in argv:
-        print("usage: python -m harness.sweep_trial --job JOB.json", file=sys.stderr)
+        print("usage: python -m harness.sweeps.trial --job JOB.json", file=sys.stderr)
         return 2
     job_path = argv[argv.index("--job") + 1]
     try:

@@ -8,7 +8,7 @@ A :class:`Worker` runs one thread per slot.  Each slot picks the arm with the fe
 trials so far (arms advance together, so a partial sweep is still a fair one), asks
 its study for a trial (a waiting retry or grid point first), samples the
 configuration, writes a job file and hands it to a trial process
-(:mod:`harness.sweep_trial`) started with the slot's ``CUDA_VISIBLE_DEVICES``, through
+(:mod:`harness.sweeps.trial`) started with the slot's ``CUDA_VISIBLE_DEVICES``, through
 ``accelerate launch`` when a trial needs several GPUs.  CPU trials are forked from a
 fork server that imported torch, transformers and the methods once, so a trial starts
 training in about a second instead of paying the imports again; GPU trials start a
@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import to_dict
-from harness.store import Run, atomic_write_json
-from harness.sweep import (
+from harness.core.config import to_dict
+from harness.store.runs import Run, atomic_write_json
+from harness.sweeps.spec import (
     ATTR_HEARTBEAT,
     ATTR_WORKER,
     Arm,
@@ -174,7 +174,7 @@ class Worker:
 
             # one process imports torch & co. once; every trial is forked from it
             os.environ["HARNESS_FORKSERVER_LOG"] = str(self.workdir / f"{self.name.replace(':', '-')}-forkserver.log")
-            multiprocessing.get_context("forkserver").set_forkserver_preload(["harness.sweep_preload"])
+            multiprocessing.get_context("forkserver").set_forkserver_preload(["harness.sweeps.preload"])
             forkserver.ensure_running()
         hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         hb.start()
@@ -319,7 +319,7 @@ class Worker:
         if g == 1 and self._forks(slot):
             import multiprocessing
 
-            from harness.sweep_trial import forked_main
+            from harness.sweeps.trial import forked_main
 
             proc = multiprocessing.get_context("forkserver").Process(
                 target=forked_main, args=(str(job_path), env), name=f"trial-{job_path.stem}")
@@ -327,9 +327,9 @@ class Worker:
             return TrialProcess(mp=proc)
         if g > 1:
             argv = [sys.executable, "-c", _GUARDED_EXEC, "-m", "accelerate.commands.launch", "--num_processes", str(g),
-                    "--multi_gpu", "-m", "harness.sweep_trial", "--job", str(job_path)]
+                    "--multi_gpu", "-m", "harness.sweeps.trial", "--job", str(job_path)]
         else:
-            argv = [sys.executable, "-m", "harness.sweep_trial", "--job", str(job_path)]
+            argv = [sys.executable, "-m", "harness.sweeps.trial", "--job", str(job_path)]
         with open(log, "ab") as fh:
             return TrialProcess(popen=subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh,
                                                        stderr=subprocess.STDOUT, env={**os.environ, **env}))

@@ -1,6 +1,6 @@
 """The one training core every offline method runs on (accelerate underneath).
 
-``harness.runner.execute`` calls :func:`train` after loading model, tokenizer and data;
+``harness.training.runner.execute`` calls :func:`train` after loading model, tokenizer and data;
 the method adapter only supplies an objective on per-sequence log-probs.  What the core
 does for every method:
 
@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from harness.batching import Batch, collate, sequence_logps
-from harness.methods_api import SEGMENTS, MethodAdapter, Normalizer, SeqOut
-from harness.store import Run, atomic_write_json
+from harness.core.contract import SEGMENTS, MethodAdapter, Normalizer, SeqOut
+from harness.data.batching import Batch, collate, sequence_logps
+from harness.store.runs import Run, atomic_write_json
 
 
 class NonFiniteLoss(FloatingPointError):

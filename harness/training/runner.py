@@ -1,9 +1,9 @@
 """Run one training job end to end: spec -> model, data, reference cache -> train -> save -> evaluate.
 
-    harness run method=dpo                      # CLI entry (harness.cli)
-    python -c "from harness.runner import execute; from harness.config import load_spec; execute(load_spec(None, ['method=dpo']))"
+    harness run method=dpo                      # CLI entry (harness.cli.main)
+    python -c "from harness.training.runner import execute; from harness.core.config import load_spec; execute(load_spec(None, ['method=dpo']))"
 
-Writes ``runs/<name>/`` through ``harness.store`` and keeps its status true to what
+Writes ``runs/<name>/`` through ``harness.store.runs`` and keeps its status true to what
 happened: ``completed``, ``failed`` (with the error), ``interrupted`` (Ctrl-C) or
 ``pruned`` (a sweep's pruner stopped it).  Sweeps call :func:`execute` in a trial
 process with a pruning hook.
@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from harness import peft_setup, toyworld
-from harness.batching import fingerprint, tokenize_cached
-from harness.config import RunSpec, spec_to_dict
-from harness.methods_api import METHODS, SEGMENTS, DataKind, MethodAdapter, load_methods
-from harness.store import Run, atomic_write_text
-from harness.train import (
+from harness.core.config import RunSpec, spec_to_dict
+from harness.core.contract import METHODS, SEGMENTS, DataKind, MethodAdapter, load_methods
+from harness.data.batching import fingerprint, tokenize_cached
+from harness.modeling import peft_setup
+from harness.store.runs import Run, atomic_write_text
+from harness.training.loop import (
     LoopConfig,
     TrainHooks,
     compute_reference_logps,
@@ -36,6 +36,7 @@ from harness.train import (
     train,
     weights_fingerprint,
 )
+from harness.worlds import toy as toyworld
 
 #: bump when the log-prob computation changes numerically, so cached reference values are recomputed
 LOGPS_VERSION = 2
@@ -98,7 +99,7 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
             f"train.max_prompt_length ({spec.train.max_prompt_length}) must be below train.max_length ({spec.train.max_length})"
         )
     if spec.eval.enabled:
-        from harness.evaluate import check_eval_spec
+        from harness.evaluation.evaluate import check_eval_spec
 
         # a bad eval section must not cost a training run; local prompt files are read now
         prompts = spec.eval.prompts or spec.data.source
@@ -113,7 +114,7 @@ def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
     """``adapter``: the result of :func:`check_spec` when the caller already ran it."""
     from transformers import AutoTokenizer
 
-    from harness.data import load_records
+    from harness.data.load import load_records
 
     adapter = adapter or check_spec(spec)
     kind = adapter.data_kind
@@ -346,7 +347,7 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
 
 
 def _evaluate(run: Run, spec: RunSpec, prep: Prepared, model: Any, tracker: Any) -> dict[str, Any]:
-    from harness.evaluate import evaluate_trained
+    from harness.evaluation.evaluate import evaluate_trained
 
     # KL and win rates are measured against the starting point: the reference when the
     # method has one, else the model the run started from
@@ -356,7 +357,7 @@ def _evaluate(run: Run, spec: RunSpec, prep: Prepared, model: Any, tracker: Any)
 
 
 def _tracker(spec: RunSpec, run: Run, override: str | None) -> Any:
-    from harness.tracking import Tracker, make_tracker
+    from harness.store.tracking import Tracker, make_tracker
 
     mode = override or spec.tracking.mode
     if mode == "disabled":

@@ -328,7 +328,7 @@ SFT_BASE_RECIPE = {"lr": 3e-3, "epochs": 6, "batch_size": 32, "schedule": "cosin
 def ensure_base_model(world: World, size: str = DEFAULT_SIZE) -> Path:
     """A tiny Llama trained with this harness's own SFT on the world's SFT split; cached."""
     if size not in MODEL_SIZES:
-        from harness.registry import did_you_mean
+        from harness.core.registry import did_you_mean
 
         raise ValueError(
             f"unknown toy model size {size!r}{did_you_mean(size, list(MODEL_SIZES))}; "
@@ -351,8 +351,8 @@ def ensure_base_model(world: World, size: str = DEFAULT_SIZE) -> Path:
         init_dir = tmp / "init"
         LlamaForCausalLM(cfg).save_pretrained(init_dir)
         tok.save_pretrained(init_dir)
-        from harness.config import load_spec
-        from harness.runner import execute
+        from harness.core.config import load_spec
+        from harness.training.runner import execute
 
         spec = load_spec(None, [
             f"model={init_dir}", f"data={world.split_path('sft')}", "method=sft",

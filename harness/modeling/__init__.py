@@ -1,0 +1,1 @@
+"""Models as the harness uses them: loading, PEFT adapters, per-sequence log-probs and generation."""

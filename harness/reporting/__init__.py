@@ -1,0 +1,1 @@
+"""Reports: the results table over a run store, leaderboards, plots and the Markdown/HTML report."""

@@ -1,0 +1,1 @@
+"""Where results and cached artefacts live: the run store, content-addressed caches and trackers (W&B)."""

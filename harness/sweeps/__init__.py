@@ -1,0 +1,1 @@
+"""Optuna sweeps: the sweep spec, study storage, workers and trial processes."""
