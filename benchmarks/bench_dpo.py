@@ -134,10 +134,10 @@ def make_pairs(n_pairs: int, seed: int, out: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from harness.data.batching import render_prompt
-    from harness.worlds import toy as toyworld
+    from harness.worlds.base import get_world
 
-    world = toyworld.ensure_world()
-    tok = AutoTokenizer.from_pretrained(world.tokenizer_dir)
+    world = get_world("toy")
+    tok = AutoTokenizer.from_pretrained(world.tokenizer_dir())
     src = [json.loads(line) for line in world.split_path("paired").read_text().splitlines() if line.strip()]
     rng = random.Random(seed)
 
@@ -534,14 +534,14 @@ def main(argv: list[str] | None = None) -> None:
     for k, v in WORKER_ENV.items():
         os.environ.setdefault(k, v)
 
-    from harness.worlds import toy as toyworld
+    from harness.training.runner import ensure_model
 
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     print(f"DPO benchmark: ours vs TRL; {os.cpu_count()} CPUs, load average {load_start[0]:.1f} "
           f"(other processes share the CPU: numbers are noisier the higher it is)")
     t0 = time.perf_counter()
-    model_dir = toyworld.resolve_model(args.model)
+    model_dir = ensure_model(args.model)
     if model_dir is None:
         ap.error(f"--model must be a toy model (toy:<size>), got {args.model!r}")
     print(f"toy model {args.model}: {model_dir} (ready in {time.perf_counter() - t0:.0f} s; built once, then cached)")

@@ -18,17 +18,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def toy_world():
-    from harness.worlds import toy as toyworld
+    from harness.worlds.base import get_world
 
-    return toyworld.ensure_world()
+    world = get_world("toy")
+    assert world.root.is_dir()  # builds data + tokenizer
+    return world
 
 
 @pytest.fixture(scope="session")
 def tiny_base(toy_world) -> Path:
     """The tiny Llama SFT base of the toy world (trained by this harness's own SFT)."""
-    from harness.worlds import toy as toyworld
+    from harness.training.runner import ensure_base_model
 
-    return toyworld.ensure_base_model(toy_world, "tiny")
+    return ensure_base_model(toy_world, "tiny")
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ from harness.core.config import load_spec, spec_to_dict
 from harness.store.runs import Run, atomic_write_json, environment
 
 #: the toy world's gold reward as a pairwise judge (``harness.evaluation.judges`` scorer identity)
-JUDGE = {"backend": "scorer", "model": "harness.worlds.toy.gold_reward", "prompt_version": "none", "mode": "hard",
+JUDGE = {"backend": "scorer", "model": "gold_reward@1", "prompt_version": "none", "mode": "hard",
          "tie_tolerance": 0.0}
-JUDGE_ID = "scorer:harness.worlds.toy.gold_reward[hard]"
+JUDGE_ID = "scorer:gold_reward@1[hard]"
 RM_JUDGE = {"backend": "reward_model", "model": "runs/reward-0001", "prompt_version": "rm-chat-v1"}
 #: per method: the hyperparameter a sweep varies, its values per configuration, a quality offset
 PLAN = {
@@ -123,7 +123,8 @@ class _Sweep:
 
     def open_run(self, arm: str, number: int, seed: int, seed_index: int, hp_key: str, hp: float) -> Run:
         name = f"trial-{number:04d}-seed{seed}"
-        spec = load_spec(None, [f"method={arm}", f"method.{hp_key}={hp}", f"seed={seed}", f"name={name}",
+        # model=toy: what the runner records for a run that names no model on toy data
+        spec = load_spec(None, ["model=toy", f"method={arm}", f"method.{hp_key}={hp}", f"seed={seed}", f"name={name}",
                                 f"output_dir={self.root / arm}", "train.max_steps=20", "train.eval_every=5",
                                 *self.overrides])
         cfg = spec_to_dict(spec)

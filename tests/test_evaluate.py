@@ -19,10 +19,11 @@ from harness.evaluation.evaluate import (
     evaluate_trained,
     kl_estimate,
 )
-from harness.evaluation.lmeval import toy_subject
 from harness.modeling.generation import load_causal_lm, resolve_model_dir
 from harness.store.runs import Run
 from harness.worlds import toy as toyworld
+from harness.worlds.base import get_world
+from harness.worlds.toy import prompt_subject as toy_subject
 
 FLAT_KEYS = {"gold_reward_mean", "gold_reward_std", "baseline_gold_reward_mean", "kl_mean", "kl_stderr", "judge",
              "lm_eval", "timing_s", *PAIRWISE_COLUMNS}
@@ -66,9 +67,9 @@ class Recorder:
 def test_evaluate_trained_through_the_runner(dpo_run):
     ev = dpo_run.summary()["eval"]
     assert FLAT_KEYS <= set(ev), FLAT_KEYS - set(ev)
-    n = len(toyworld.ensure_world().eval_prompts())
+    n = len(get_world("toy").eval_prompts())
     assert ev["n_prompts"] == n == ev["n_total"]
-    assert ev["judge"]["backend"] == "scorer" and ev["judge"]["model"].startswith("toyworld.gold_reward")
+    assert ev["judge"]["backend"] == "scorer" and ev["judge"]["model"].startswith("gold_reward@")
     assert set(ev["judges"]) == {"gold"} and ev["judges"]["gold"]["judge"] == ev["judge"]
     assert ev["baseline"] == str(resolve_model_dir("toy:tiny"))
     assert set(ev["timing_s"]) >= {"generation", "baseline_generation", "gold_reward", "kl", "judge", "lm_eval",
@@ -95,7 +96,7 @@ def test_evaluate_trained_through_the_runner(dpo_run):
 def test_kl_to_itself_is_zero_and_to_a_trained_model_positive(dpo_run):
     base, tok = load_causal_lm("toy:tiny", device="cpu")
     trained, _ = load_causal_lm(dpo_run.path, device="cpu")
-    prompts = toyworld.ensure_world().eval_prompts()[:16]
+    prompts = get_world("toy").eval_prompts()[:16]
     same = kl_estimate(base, tok, base, prompts, n_samples=2, max_new_tokens=24, seed=0, batch_size=16)
     assert same["kl_mean"] == pytest.approx(0.0, abs=1e-5) and same["kl_stderr"] == pytest.approx(0.0, abs=1e-5)
     other = kl_estimate(trained, tok, base, prompts, n_samples=2, max_new_tokens=24, seed=0, batch_size=16)
@@ -106,8 +107,8 @@ def test_kl_to_itself_is_zero_and_to_a_trained_model_positive(dpo_run):
 def test_gold_reward_of_real_generations_beats_an_untrained_model(tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    world = toyworld.ensure_world()
-    tok = AutoTokenizer.from_pretrained(world.tokenizer_dir)
+    world = get_world("toy")
+    tok = AutoTokenizer.from_pretrained(world.tokenizer_dir())
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
@@ -144,14 +145,12 @@ def test_reward_model_accuracy_and_reward_model_judge(reward_run, dpo_run):
     from harness.evaluation.judges import RewardModelJudge
 
     ev = reward_run.summary()["eval"]
-    n_pairs = len(toyworld.ensure_world().eval_prompts()) * 8
+    n_pairs = len(get_world("toy").eval_prompts()) * 8
     assert ev["rm_n_pairs"] == n_pairs
     assert ev["rm_accuracy"] > 0.6  # trained on noisy gold labels: clearly above chance on held-out pairs
     # the same accuracy from the reward-model judge's own scoring path (chat-formatted texts)
-    from harness.evaluation.evaluate import toy_heldout_pairs
-
     judge = RewardModelJudge(str(reward_run.final_dir), device="cpu")
-    pairs = toy_heldout_pairs(toyworld.ensure_world())
+    pairs = get_world("toy").heldout_pairs()
     ins = [p["prompt"][0]["content"] for p in pairs]
     sc = judge.score_batch(list(zip(ins, [p["chosen"] for p in pairs])))
     sr = judge.score_batch(list(zip(ins, [p["rejected"] for p in pairs])))
@@ -212,7 +211,7 @@ def test_configuration_errors_come_before_any_model_loads(tmp_path):
     data = tmp_path / "prompts.jsonl"
     data.write_text(json.dumps({"prompt": "hi"}) + "\n")
     spec = load_spec(None, ["method=sft", f"data={data}", "eval.judge=gold"])
-    with pytest.raises(EvalError, match="gold reward"):
+    with pytest.raises(EvalError, match="gold scorer.*has none"):
         evaluate_model_dir("toy:tiny", spec)
     spec = load_spec(None, ["method=sft", "eval.judge=openai", "eval.judge_model=gpt-4o-mini",
                             "eval.judge_api_key_env=ALIGN_TEST_NO_SUCH_KEY"])

@@ -20,18 +20,18 @@ from harness.modeling.generation import (
     load_causal_lm,
     resolve_model_dir,
 )
-from harness.worlds import toy as toyworld
+from harness.worlds.base import get_world
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_base):
     model, tok = load_causal_lm("toy:tiny", device="cpu")
     return model, tok
 
 
 @pytest.fixture(scope="module")
 def prompts():
-    return toyworld.ensure_world().eval_prompts()[:6]
+    return get_world("toy").eval_prompts()[:6]
 
 
 def test_same_seed_same_samples_and_caller_rng_untouched(tiny, prompts):

@@ -316,8 +316,11 @@ def test_reward_model_judge_is_bradley_terry_of_scores(tmp_path: Path) -> None:
 
 
 def test_gold_reward_judge_on_toy_prompts(tmp_path: Path) -> None:
-    judge = build_judge("gold")
-    assert judge.identity["backend"] == "scorer" and judge.identity["model"].startswith("toyworld.gold_reward")
+    from harness.worlds.base import get_world
+
+    gold = get_world("toy").gold_scorer()
+    judge = build_judge("scorer", score=gold.fn, name=gold.identity)
+    assert judge.identity["backend"] == "scorer" and judge.identity["model"] == "gold_reward@1"
     prompt = "Write a short review of the pizza."
     good, bad = "the pizza was great .", "the pizza was awful ."
     assert gold_reward(prompt, good) > gold_reward(prompt, bad)

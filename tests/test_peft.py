@@ -25,7 +25,7 @@ from harness.core.config import ConfigError, load_spec
 from harness.core.contract import SEGMENTS
 from harness.modeling import peft_setup
 from harness.training import runner
-from harness.training.loop import compute_reference_logps
+from harness.training.refcache import compute_reference_logps
 
 KINDS = ["none", "lora", "qlora", "prefix"]
 SHORT = ["model=toy:tiny", "data.max_samples=64", "train.max_steps=3", "train.batch_size=4", "train.progress=false",

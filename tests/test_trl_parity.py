@@ -7,7 +7,7 @@ in ``KTOTrainer._compute_loss``, the Bradley-Terry reward loss in
 ``RewardTrainer.compute_loss``).  Model-level checks build the real TRL trainer on a tiny
 Llama and a byte-level BPE tokenizer trained here, let TRL tokenise and collate a small
 batch, call its loss, and compare with our loss computed from
-``harness.data.batching.sequence_logps`` on the very same token ids and completion masks.
+``harness.modeling.forward.sequence_logps`` on the very same token ids and completion masks.
 Every TRL convention we have to match is stated next to the check that depends on it.
 TRL is a test-only dependency.
 
@@ -51,7 +51,7 @@ from harness.core.losses import (  # noqa: E402
     orpo_odds_ratio_loss,
     simpo_loss,
 )
-from harness.data.batching import sequence_logps  # noqa: E402
+from harness.modeling.forward import sequence_logps  # noqa: E402
 
 disable_progress_bars()
 

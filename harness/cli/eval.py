@@ -88,13 +88,13 @@ def run_baseline(spec: Any, run_dir: Path) -> str:
     """The starting point of a run: its reference model for methods with one, else the model it started from."""
     from harness.core.contract import METHODS, load_methods
     from harness.store.runs import Run
-    from harness.training.runner import resolve_model_path
-    from harness.worlds import toy as toyworld
+    from harness.training.runner import ensure_model, resolve_model_path
+    from harness.worlds.base import world_options
 
     load_methods()
     adapter = METHODS.get(spec.method_name)
     if adapter.needs_reference and spec.model.reference:
-        return str(toyworld.resolve_model(spec.model.reference, size=spec.data.toy_size) or spec.model.reference)
+        return str(ensure_model(spec.model.reference, world_options(spec.data)) or spec.model.reference)
     return str(Run(run_dir).summary().get("model_path") or resolve_model_path(spec))
 
 
@@ -102,9 +102,11 @@ def evaluate_run_dir(run_dir: str | Path, overrides: list[str] | None = None) ->
     """Evaluate a finished run with its saved spec (+ overrides); store results in its summary."""
     from harness.evaluation.evaluate import evaluate_model_dir
     from harness.store.runs import Run
+    from harness.training.runner import ensure_spec_models
 
     run_dir = Path(run_dir)
     spec = _run_spec(run_dir, overrides or [])
+    ensure_spec_models(spec)
     run = Run(run_dir)
     if not run.final_dir.is_dir():
         status = run.status().get("status", "unknown")
@@ -120,14 +122,16 @@ def evaluate_model(spec: Any) -> tuple[Any, dict[str, Any]]:
     from harness.evaluation.evaluate import evaluate_model_dir
     from harness.modeling.generation import resolve_model_dir
     from harness.store.runs import Run
-    from harness.worlds import toy as toyworld
+    from harness.training.runner import default_model, ensure_spec_models
 
     t0 = time.perf_counter()
+    ensure_spec_models(spec)
     # cheap checks before a directory is made or a model loads
+    spec.model.name_or_path = default_model(spec)
     model_path = resolve_model_dir(spec.model.name_or_path)
     baseline = spec.eval.baseline
     if baseline is None and spec.model.reference:
-        baseline = str(toyworld.resolve_model(spec.model.reference, size=spec.data.toy_size) or spec.model.reference)
+        baseline = resolve_model_dir(spec.model.reference)
     run = Run.create(spec.output_dir, spec.name, prefix="eval")
     run.write_config(spec_to_dict(spec))
     run.write_env()

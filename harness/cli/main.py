@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark ha
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
-EXTENSIONS = ("harness.cli.sweep", "harness.cli.eval", "harness.cli.report")
+EXTENSIONS = ("harness.cli.sweep", "harness.cli.eval", "harness.cli.report", "harness.cli.worlds")
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -108,8 +108,9 @@ def quickstart(
     from harness.cli.sweep import run_sweep_here
     from harness.core.config import ConfigError
     from harness.reporting.report import write_report
+    from harness.store.cache import cache_root
     from harness.sweeps.spec import load_sweep
-    from harness.worlds import toy as toyworld
+    from harness.training.runner import ensure_model
 
     t0 = time.perf_counter()
     if not QUICKSTART_SPEC.exists():
@@ -121,8 +122,8 @@ def quickstart(
     from harness.core.config import merge_raw
 
     model = str(merge_raw(sw.base, {}).get("model", {}).get("name_or_path", "toy"))
-    console.print(f"[bold]1/3[/] toy world and SFT base ({model}): built once, then cached in {toyworld.cache_root()}")
-    path = toyworld.resolve_model(model)
+    console.print(f"[bold]1/3[/] toy world and SFT base ({model}): built once, then cached in {cache_root()}")
+    path = ensure_model(model)
     console.print(f"    base model: {path}  ({time.perf_counter() - t0:.0f}s)", highlight=False)
     console.print("[bold]2/3[/] sweep: every method tuned with the same budget, each trial trained and evaluated")
     run_sweep_here(sw, slots, None, None)

@@ -33,8 +33,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelSpec:
-    #: hub id, local directory, or ``toy`` / ``toy:<size>`` for the built-in toy world's SFT base
-    name_or_path: str = "toy"
+    #: hub id, local directory, or ``<world>[:<size>]`` for a built-in world's SFT base
+    #: (``toy:tiny``); None: the data world's default base model (``data=toy`` -> ``toy``)
+    name_or_path: str | None = None
     revision: str | None = None
     #: reference model for methods that need one; default: the policy's starting weights
     reference: str | None = None
@@ -43,7 +44,7 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    #: hub id, local file/dir (json, jsonl, parquet, csv), or ``toy`` for the built-in toy world
+    #: hub id, local file/dir (json, jsonl, parquet, csv), or a built-in world (``harness worlds``)
     source: str = "toy"
     split: str = "train"
     #: held-out split for periodic eval loss; None: hold out ``eval_fraction`` of the train split
@@ -54,9 +55,9 @@ class DataSpec:
     max_samples: int | None = None
     #: drop malformed rows (and report how many) instead of stopping at the first
     skip_bad_rows: bool = False
-    #: toy world only: share of desirable examples in the unpaired (KTO) split
+    #: built-in worlds: share of desirable examples in the unpaired (KTO) split
     desirable_fraction: float = 0.5
-    #: toy world only: number of examples generated per split
+    #: built-in worlds: number of examples generated per split
     toy_size: int = 2048
 
 
@@ -161,27 +162,27 @@ class EvalSpec:
     """What ``harness.evaluation.evaluate`` measures after training (and ``harness eval`` on demand)."""
 
     enabled: bool = True
-    #: held-out prompts to sample from (toy world: its eval prompts)
+    #: how many held-out prompts to sample from (the first N)
     num_prompts: int = 64
     max_new_tokens: int = 32
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 32
-    #: score samples with the toy world's programmatic gold reward (toy data only)
+    #: score samples with the data world's gold scorer (built-in worlds with one, on their own prompts)
     gold_reward: bool = True
     #: seed of the evaluation samples (the same for the candidate and the baseline)
     seed: int = 0
     #: strings that end a generated answer (not included in it)
     stop: list[str] = field(default_factory=list)
     #: instruction set to answer: a file / dir / hub id with prompts (any data format that has
-    #: them); None: the toy world's eval prompts for toy data, else ``data.source`` at ``data.eval_split``
+    #: them); None: a built-in world's held-out eval prompts, else ``data.source`` at ``data.eval_split``
     prompts: str | None = None
     prompts_split: str = "train"
     #: model whose answers the candidate is judged against and KL is measured to; None: the
     #: run's starting point (its reference for methods that have one), or ``model.reference``
     baseline: str | None = None
-    #: pairwise judge for win rates: "auto" = gold reward on toy data, else the reward model if
-    #: given, else none
+    #: pairwise judge for win rates: "auto" = the world's gold scorer on a built-in world's own
+    #: prompts, else the reward model if given, else none
     judge: Literal["auto", "gold", "reward_model", "hf", "openai", "none"] = "auto"
     #: judge model: endpoint model name (openai) or local path / hub id (hf)
     judge_model: str | None = None
@@ -197,7 +198,7 @@ class EvalSpec:
     reward_model: str | None = None
     #: KL(candidate || baseline) from this many samples per prompt at temperature 1 (0 = off)
     kl_samples: int = 4
-    #: lm-eval tasks; None: the toy world's two local tasks for toy data, none otherwise
+    #: lm-eval tasks; None: the data world's default tasks (built-in worlds), none otherwise
     lm_eval_tasks: list[str] | None = None
     #: extra directories of lm-eval task YAMLs
     lm_eval_include: list[str] = field(default_factory=list)
@@ -207,7 +208,7 @@ class EvalSpec:
     #: None: apply the tokenizer's chat template when it has one
     lm_eval_chat_template: bool | None = None
     #: held-out preference pairs for reward-model accuracy (RewardBench's measure); None: fresh
-    #: gold-labelled pairs on the toy world's held-out prompts, else ``data.source`` at ``data.eval_split``
+    #: gold-labelled pairs on a built-in world's held-out prompts, else ``data.source`` at ``data.eval_split``
     rm_pairs: str | None = None
     rm_pairs_split: str = "train"
     #: generation backend for the judged samples (KL and lm-eval always use HF): vllm needs

@@ -141,20 +141,6 @@ def collate(examples: list[dict[str, Any]], pad_id: int, segments: tuple[str, ..
     return Batch(ids, attn, lmask, segments, len(examples), torch.tensor([ex["idx"] for ex in examples]), label)
 
 
-def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of next-token log-probs over completion positions, and their count, per row.
-
-    Computed in float32 whatever the autocast dtype, with ``log_softmax`` at the gathered
-    positions only through ``logsumexp`` to keep memory at O(B·T·V) once.
-    """
-    logits = logits[:, :-1].float()
-    labels = input_ids[:, 1:]
-    mask = loss_mask[:, 1:].to(logits.dtype)
-    picked = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1)
-    token_logps = picked - torch.logsumexp(logits, dim=-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
-
-
 #: bump when tokenisation changes, so cached tokenised datasets are rebuilt
 TOKENIZE_VERSION = 1
 

@@ -10,7 +10,8 @@ The run spec's ``eval`` section (:class:`harness.core.config.EvalSpec`) decides 
   held-out instructions with the same sampling parameters and seed
   (:mod:`harness.modeling.generation`); the baseline's answers are cached by weights and parameters,
   so the trials of a sweep generate them once;
-- gold reward (toy world): mean / std of :func:`harness.worlds.toy.gold_reward` for both;
+- gold reward (built-in worlds): mean / std of the world's gold scorer for both, overall and
+  per group of eval prompts the world defines (e.g. per task cluster, held-out clusters);
 - reward-model score: mean / std of a reward model's scores for both;
 - KL(candidate || baseline): the sampled estimate E_{y~pi}[log pi(y|x) - log pi_base(y|x)]
   from ``kl_samples`` samples per prompt drawn at temperature 1 (the model's own
@@ -30,11 +31,9 @@ tracker as a table.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
-import random
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -45,7 +44,6 @@ from typing import Any
 import torch
 
 from harness.core.config import EvalSpec, RunSpec
-from harness.evaluation.lmeval import TOY_TASKS, toy_subject
 from harness.modeling.generation import (
     Completion,
     Prompt,
@@ -59,13 +57,12 @@ from harness.modeling.generation import (
     resolve_model_dir,
     vllm_available,
 )
+from harness.store.cache import BlobCache, cache_dir
 from harness.store.runs import atomic_write_text
-from harness.worlds import toy as toyworld
+from harness.worlds.base import Scorer, spec_world
 
 #: bump when the baseline-sample cache's contents change meaning
 BASELINE_CACHE_VERSION = "1"
-#: held-out gold-labelled pairs per toy eval prompt for reward-model accuracy
-TOY_RM_PAIRS_PER_PROMPT = 8
 PAIRWISE_COLUMNS = (
     "win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "discrete_win_rate",
     "avg_length", "length_controlled_winrate", "lc_standard_error",
@@ -101,33 +98,26 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def _is_toy(spec: RunSpec) -> bool:
-    return spec.data.source == "toy"
-
-
-def _world(spec: RunSpec) -> toyworld.World:
-    return toyworld.ensure_world(size=spec.data.toy_size)
-
-
 def _method_name(spec: RunSpec) -> str | None:
     return getattr(spec.method, "name", None) if spec.method is not None else None
 
 
-def resolve_judge_kind(ev: EvalSpec, toy: bool) -> str:
+def resolve_judge_kind(ev: EvalSpec, has_gold: bool) -> str:
     if ev.judge != "auto":
         return ev.judge
-    if toy:
+    if has_gold:
         return "gold"
     return "reward_model" if ev.reward_model else "none"
 
 
-def _check_judge_config(ev: EvalSpec, toy: bool, custom_prompts: bool) -> str:
+def _check_judge_config(ev: EvalSpec, has_gold: bool, custom_prompts: bool, data: str) -> str:
     """Cheap checks of the judge settings, before any model loads."""
-    kind = resolve_judge_kind(ev, toy)
-    if kind == "gold" and (not toy or custom_prompts):
+    kind = resolve_judge_kind(ev, has_gold)
+    if kind == "gold" and (not has_gold or custom_prompts):
         raise EvalError(
-            "eval.judge=gold scores answers with the toy world's gold reward, which only knows the toy "
-            "world's prompts; use data=toy without eval.prompts, or pick eval.judge=reward_model/hf/openai"
+            f"eval.judge=gold scores answers with a built-in world's gold scorer, which only knows that "
+            f"world's own prompts; data={data!r} {'with eval.prompts set ' if has_gold else ''}has none: "
+            "use a built-in world without eval.prompts, or pick eval.judge=reward_model/hf/openai"
         )
     if kind in ("hf", "openai") and not ev.judge_model:
         raise EvalError(f"eval.judge={kind} needs eval.judge_model")
@@ -157,11 +147,10 @@ def load_eval_prompts(spec: RunSpec) -> tuple[list[Prompt], str]:
     ev = spec.eval
     if ev.prompts is not None:
         source, split = ev.prompts, ev.prompts_split
-    elif _is_toy(spec):
-        world = _world(spec)
+    elif (world := spec_world(spec)).eval_prompts():
         prompts: list[Prompt] = []
         prompts.extend(world.eval_prompts()[: ev.num_prompts])
-        return prompts, f"toy world eval prompts ({world.split_path('eval_prompts')})"
+        return prompts, f"{world.name} world eval prompts ({world.split_path('eval_prompts')})"
     elif spec.data.eval_split is not None:
         source, split = spec.data.source, spec.data.eval_split
     else:
@@ -201,23 +190,11 @@ def _sample(model: Any, tok: Any, path: str | None, prompts: list[Prompt], param
     return generate(model, tok, prompts, params, batch_size=ev.batch_size)
 
 
-def _baseline_cache_path(baseline: str, prompts: list[Prompt], params: SamplingParams, backend: str) -> Path:
-    from harness.training.loop import weights_fingerprint
+def _baseline_key(baseline: str, prompts: list[Prompt], params: SamplingParams, backend: str) -> dict[str, Any]:
+    from harness.modeling.identity import weights_fingerprint
 
-    blob = json.dumps({
-        "v": BASELINE_CACHE_VERSION, "weights": weights_fingerprint(baseline), "prompts": prompts,
-        "params": asdict(params), "backend": backend,
-    }, sort_keys=True)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:24]
-    return toyworld.cache_root() / "eval-baseline" / f"{key}.json"
-
-
-def _read_cached(path: Path, n: int) -> list[dict[str, Any]] | None:
-    try:
-        rows = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return rows if isinstance(rows, list) and len(rows) == n else None
+    return {"v": BASELINE_CACHE_VERSION, "weights": weights_fingerprint(baseline), "prompts": prompts,
+            "params": asdict(params), "backend": backend}
 
 
 class _Baseline:
@@ -241,11 +218,13 @@ def _same_vocab(a: Any, b: Any) -> bool:
 # --------------------------------------------------------------------------- judges
 
 
-def _build_judge(kind: str, ev: EvalSpec, device: torch.device) -> Any:
+def _build_judge(kind: str, ev: EvalSpec, device: torch.device, gold: Scorer | None) -> Any:
     from harness.evaluation.judges import build_judge
 
     if kind == "gold":
-        return build_judge("gold")
+        if gold is None:
+            raise EvalError("eval.judge=gold: this data has no gold scorer")
+        return build_judge("scorer", score=gold.fn, name=gold.identity)
     if kind == "reward_model":
         assert ev.reward_model is not None
         return build_judge("reward_model", model=resolve_model_dir(ev.reward_model), model_name=ev.reward_model,
@@ -260,12 +239,12 @@ def _build_judge(kind: str, ev: EvalSpec, device: torch.device) -> Any:
     raise EvalError(f"eval.judge: unknown judge {kind!r}")
 
 
-def _judge_kinds(primary: str, ev: EvalSpec, toy_prompts: bool) -> list[str]:
-    """The main judge first, then the free extras: a given reward model, and gold on toy prompts."""
+def _judge_kinds(primary: str, ev: EvalSpec, gold_prompts: bool) -> list[str]:
+    """The main judge first, then the free extras: a given reward model, and gold on a world's own prompts."""
     kinds = [] if primary == "none" else [primary]
     if ev.reward_model and "reward_model" not in kinds:
         kinds.append("reward_model")
-    if toy_prompts and "gold" not in kinds:
+    if gold_prompts and "gold" not in kinds:
         kinds.append("gold")
     return kinds
 
@@ -276,7 +255,7 @@ def _pairwise(judge: Any, kind: str, ev: EvalSpec, instructions: list[str], cand
     from harness.evaluation.winrate import pairwise_stats
 
     judged = judge_pairs(
-        judge, instructions, cand, base, toyworld.cache_root() / "judgements",
+        judge, instructions, cand, base, cache_dir("judgements"),
         retry=RetryPolicy(max_retries=ev.judge_max_retries),
         workers=ev.judge_workers if kind == "openai" else 1,
     )
@@ -360,8 +339,14 @@ class _Plan:
 
     primary_judge: str
     lm_eval_tasks: list[str]
+    #: lm-eval task directories: the user's, then the world's
+    lm_eval_include: list[str]
     prompts: list[Prompt]
     prompts_source: str
+    #: the world's gold scorer when the prompts are the world's own, else None
+    gold: Scorer | None
+    #: named groups of the prompts (indices), e.g. per task cluster
+    groups: dict[str, list[int]]
 
 
 def check_eval_spec(spec: RunSpec, load_prompts: bool = True) -> Any:
@@ -375,14 +360,75 @@ def check_eval_spec(spec: RunSpec, load_prompts: bool = True) -> Any:
             load_rm_pairs(spec)
         return None
     ev = spec.eval
-    toy = _is_toy(spec)
+    world = spec_world(spec)
+    gold = world.gold_scorer() if ev.prompts is None else None
     _use_vllm(ev)
-    primary = _check_judge_config(ev, toy, ev.prompts is not None)
-    tasks = list(ev.lm_eval_tasks) if ev.lm_eval_tasks is not None else (list(TOY_TASKS) if toy else [])
+    primary = _check_judge_config(ev, world.gold_scorer() is not None, ev.prompts is not None, spec.data.source)
+    world_tasks = world.lm_eval_tasks() if (ev.lm_eval_tasks is None or ev.lm_eval_tasks) else None
+    tasks = list(ev.lm_eval_tasks) if ev.lm_eval_tasks is not None else list(world_tasks.default if world_tasks else [])
+    include = list(ev.lm_eval_include) + ([str(world_tasks.include)] if world_tasks else [])
     if not load_prompts:  # hub data: fetched when evaluation starts, not while validating
         return None
     prompts, source = load_eval_prompts(spec)
-    return _Plan(primary, tasks, prompts, source)
+    groups = world.eval_groups([prompt_text(p) for p in prompts]) if gold is not None else {}
+    return _Plan(primary, tasks, include, prompts, source, gold, groups)
+
+
+def _baseline_samples(base: _Baseline, prompts: list[Prompt], params: SamplingParams, ev: EvalSpec,
+                      timer: _Timer, result: dict[str, Any]) -> tuple[list[str], list[int]]:
+    """The baseline's answers: from the cache when the same weights answered the same prompts
+    with the same parameters before (every trial of a sweep shares them), else generated."""
+    cache = BlobCache("eval-baseline")
+    with timer("baseline_generation"):  # a cache hit costs hashing the baseline's weights
+        key = _baseline_key(base.path, prompts, params, "vllm" if _use_vllm(ev) else "hf")
+        cached = cache.get(key)
+        if not (isinstance(cached, list) and len(cached) == len(prompts)):
+            cached = None
+    result["baseline_cache_hit"] = cached is not None
+    if cached is None:
+        with timer("load_baseline"):
+            bm, btok = base.get()
+        with timer("baseline_generation"):
+            outs = _sample(bm, btok, base.path, prompts, params, ev)
+            cached = [{"text": c.text, "n_tokens": c.n_tokens} for c in outs]
+            cache.put(key, cached)
+    return [r["text"] for r in cached], [r["n_tokens"] for r in cached]
+
+
+def _score_summary(prefix: str, scores: list[float], groups: dict[str, list[int]], result: dict[str, Any]) -> None:
+    """``<prefix>_mean`` / ``_std`` and, per group, ``<prefix>_by_group[<group>]`` = mean."""
+    result[f"{prefix}_mean"], result[f"{prefix}_std"] = _mean_std(scores)
+    if groups:
+        result[f"{prefix}_by_group"] = {g: _mean_std([scores[i] for i in idx])[0] for g, idx in groups.items()}
+
+
+def _judge_all(plan: _Plan, ev: EvalSpec, device: torch.device, judges: dict[str, Any], instructions: list[str],
+               cand_text: list[str], base_text: list[str], result: dict[str, Any],
+               errors: dict[str, str]) -> list[float | None] | None:
+    """Win rates of the candidate against the baseline under every judge; the main judge's
+    columns go flat into ``result``.  Returns the main judge's per-prompt preferences."""
+    from harness.evaluation.judges import JudgeError
+
+    preferences: list[float | None] | None = None
+    result["judges"] = {}
+    for kind in _judge_kinds(plan.primary_judge, ev, plan.gold is not None):
+        judge = judges.get(kind) or _build_judge(kind, ev, device, plan.gold)
+        try:
+            res, prefs = _pairwise(judge, kind, ev, instructions, cand_text, base_text)
+        except JudgeError as e:
+            errors[f"judge/{kind}"] = str(e)
+            continue
+        result["judges"][kind] = res
+        if kind == plan.primary_judge:
+            preferences = prefs
+            result["judge"] = res["judge"]
+            result["judging"] = res["judging"]
+            for col in PAIRWISE_COLUMNS:
+                if col in res:
+                    result[col] = res[col]
+            if "error" in res:
+                errors[f"judge/{kind}"] = res["error"]
+    return preferences
 
 
 def _policy_eval(
@@ -399,24 +445,22 @@ def _policy_eval(
     ev = spec.eval
     timer = _Timer()
     t0 = time.perf_counter()
-    toy = _is_toy(spec)
-    toy_prompts = toy and ev.prompts is None
     plan = plan or check_eval_spec(spec)
     assert plan is not None
-    primary, tasks, prompts, prompts_source = plan.primary_judge, plan.lm_eval_tasks, plan.prompts, plan.prompts_source
+    prompts = plan.prompts
     manager = None
-    if tasks:
+    if plan.lm_eval_tasks:
         from harness.evaluation.lmeval import task_manager
 
         with timer("lm_eval"):
-            manager = task_manager(tasks, ev.lm_eval_include, _world(spec) if toy else None)
+            manager = task_manager(plan.lm_eval_tasks, plan.lm_eval_include)
     if baseline is not None:
         baseline = resolve_model_dir(baseline)
     instructions = [prompt_text(p) for p in prompts]
     params = sampling_params(ev)
     device = next(model.parameters()).device
     result: dict[str, Any] = {
-        "n_prompts": len(prompts), "prompts_source": prompts_source, "candidate": model_path,
+        "n_prompts": len(prompts), "prompts_source": plan.prompts_source, "candidate": model_path,
         "baseline": baseline, "sampling": {k: v for k, v in asdict(params).items()}, "skipped": {},
     }
     skipped: dict[str, str] = result["skipped"]
@@ -432,41 +476,28 @@ def _policy_eval(
     base_ntok: list[int] | None = None
     base = _Baseline(baseline, device) if baseline is not None else None
     if base is not None:
-        with timer("baseline_generation"):  # a cache hit costs hashing the baseline's weights
-            backend = "vllm" if _use_vllm(ev) else "hf"
-            cache = _baseline_cache_path(base.path, prompts, params, backend)
-            cached = _read_cached(cache, len(prompts))
-        result["baseline_cache_hit"] = cached is not None
-        if cached is None:
-            with timer("load_baseline"):
-                bm, btok = base.get()
-            with timer("baseline_generation"):
-                outs = _sample(bm, btok, base.path, prompts, params, ev)
-                cached = [{"text": c.text, "n_tokens": c.n_tokens} for c in outs]
-                atomic_write_text(cache, json.dumps(cached))
-        if cached is not None:
-            base_text = [r["text"] for r in cached]
-            base_ntok = [r["n_tokens"] for r in cached]
+        base_text, base_ntok = _baseline_samples(base, prompts, params, ev, timer, result)
         result["baseline_avg_length"] = sum(map(len, base_text)) / len(base_text)
     else:
         skipped["baseline"] = "no baseline model: set eval.baseline (or model.reference) for win rates and KL"
 
     gold: list[float] | None = None
     base_gold: list[float] | None = None
-    if toy_prompts and ev.gold_reward:
+    if plan.gold is not None and ev.gold_reward:
         with timer("gold_reward"):
-            gold = [toyworld.gold_reward(p, o) for p, o in zip(instructions, cand_text)]
-            result["gold_reward_mean"], result["gold_reward_std"] = _mean_std(gold)
+            result["gold_scorer"] = plan.gold.identity
+            gold = [plan.gold(p, o) for p, o in zip(instructions, cand_text)]
+            _score_summary("gold_reward", gold, plan.groups, result)
             if base_text is not None:
-                base_gold = [toyworld.gold_reward(p, o) for p, o in zip(instructions, base_text)]
-                result["baseline_gold_reward_mean"], result["baseline_gold_reward_std"] = _mean_std(base_gold)
+                base_gold = [plan.gold(p, o) for p, o in zip(instructions, base_text)]
+                _score_summary("baseline_gold_reward", base_gold, plan.groups, result)
 
     judges: dict[str, Any] = {}
     rm_scores: list[float] | None = None
     base_rm: list[float] | None = None
     if ev.reward_model:
         with timer("reward_model"):
-            judges["reward_model"] = _build_judge("reward_model", ev, device)
+            judges["reward_model"] = _build_judge("reward_model", ev, device, plan.gold)
             rm_scores = judges["reward_model"].score_batch(list(zip(instructions, cand_text)))
             result["rm_score_mean"], result["rm_score_std"] = _mean_std(rm_scores)
             if base_text is not None:
@@ -486,42 +517,21 @@ def _policy_eval(
     elif ev.kl_samples == 0:
         skipped["kl"] = "eval.kl_samples=0"
 
-    from harness.evaluation.judges import JudgeError
-
     preferences: list[float | None] | None = None
     if base_text is not None:
-        kinds = _judge_kinds(primary, ev, toy_prompts)
-        result["judges"] = {}
         with timer("judge"):
-            for kind in kinds:
-                judge = judges.get(kind) or _build_judge(kind, ev, device)
-                try:
-                    res, prefs = _pairwise(judge, kind, ev, instructions, cand_text, base_text)
-                except JudgeError as e:
-                    errors[f"judge/{kind}"] = str(e)
-                    continue
-                result["judges"][kind] = res
-                if kind == primary:
-                    preferences = prefs
-                    result["judge"] = res["judge"]
-                    result["judging"] = res["judging"]
-                    for col in PAIRWISE_COLUMNS:
-                        if col in res:
-                            result[col] = res[col]
-                    if "error" in res:
-                        errors[f"judge/{kind}"] = res["error"]
-        if primary == "none":
+            preferences = _judge_all(plan, ev, device, judges, instructions, cand_text, base_text, result, errors)
+        if plan.primary_judge == "none":
             skipped["win_rate"] = "eval.judge=none"
 
-    if tasks:
+    if plan.lm_eval_tasks:
         from harness.evaluation.lmeval import run_lm_eval
 
         with timer("lm_eval"):
             result["lm_eval"] = run_lm_eval(
-                model, tok, tasks, include=ev.lm_eval_include, num_fewshot=ev.lm_eval_num_fewshot,
+                model, tok, plan.lm_eval_tasks, num_fewshot=ev.lm_eval_num_fewshot,
                 limit=ev.lm_eval_limit, batch_size=ev.lm_eval_batch_size,
-                apply_chat_template=ev.lm_eval_chat_template, seed=ev.seed,
-                world=_world(spec) if toy else None, manager=manager,
+                apply_chat_template=ev.lm_eval_chat_template, seed=ev.seed, manager=manager,
             )
 
     rows = []
@@ -558,32 +568,6 @@ def _write_samples(rows: list[dict[str, Any]], out_dir: Path | None, tracker: An
 # --------------------------------------------------------------------------- reward models
 
 
-def toy_heldout_pairs(world: toyworld.World, per_prompt: int = TOY_RM_PAIRS_PER_PROMPT) -> list[dict[str, Any]]:
-    """Fresh preference pairs on the world's held-out prompts, labelled by the gold reward
-    without annotator noise (ties dropped): what a perfect reward model ranks 100% right."""
-    rng = random.Random(world.seed * 31 + 5)
-    pools = [toyworld.POSITIVE, toyworld.NEGATIVE, toyworld.NEUTRAL]
-    pairs = []
-    for prompt in world.eval_prompts():
-        subject = toy_subject(prompt)
-
-        def response(subject: str = subject) -> str:
-            s = subject if rng.random() < 0.8 else rng.choice(toyworld.SUBJECTS)
-            adj = {k: rng.choice(rng.choice(pools)) for k in ("a", "b", "c")}
-            return rng.choice(toyworld.RESPONSE_TEMPLATES).format(s=s, **adj)
-
-        made = 0
-        while made < per_prompt:
-            a, b = response(), response()
-            ra, rb = toyworld.gold_reward(prompt, a), toyworld.gold_reward(prompt, b)
-            if ra == rb:
-                continue
-            chosen, rejected = (a, b) if ra > rb else (b, a)
-            pairs.append({"prompt": [{"role": "user", "content": prompt}], "chosen": chosen, "rejected": rejected})
-            made += 1
-    return pairs
-
-
 def load_rm_pairs(spec: RunSpec) -> tuple[list[dict[str, Any]], str]:
     from harness.core.contract import DataKind
     from harness.data.load import DataError, load_records
@@ -591,8 +575,8 @@ def load_rm_pairs(spec: RunSpec) -> tuple[list[dict[str, Any]], str]:
     ev = spec.eval
     if ev.rm_pairs is not None:
         source, split = ev.rm_pairs, ev.rm_pairs_split
-    elif _is_toy(spec):
-        return toy_heldout_pairs(_world(spec)), "toy world held-out prompts, gold-labelled pairs"
+    elif pairs := spec_world(spec).heldout_pairs():
+        return pairs, f"{spec.data.source} world held-out prompts, gold-labelled pairs"
     elif spec.data.eval_split is not None:
         source, split = spec.data.source, spec.data.eval_split
     else:
@@ -611,7 +595,7 @@ def reward_accuracy(model: Any, tok: Any, pairs: list[dict[str, Any]], max_lengt
     scoring sequences exactly as reward training formats them (:mod:`harness.data.batching`)."""
     from harness.core.contract import DataKind
     from harness.data.batching import collate, tokenize_records
-    from harness.training.loop import forward_segments
+    from harness.modeling.forward import forward_segments
 
     examples = tokenize_records(pairs, tok, DataKind.PAIRED, max_length, max_prompt_length)
     device = next(model.parameters()).device

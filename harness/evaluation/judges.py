@@ -14,8 +14,8 @@ Backends:
   answer tokens after the same judging prompt.
 - :class:`RewardModelJudge`: a sequence-classification reward model (num_labels=1);
   P(a) = sigmoid(r(a) - r(b)) (Bradley-Terry).
-- :class:`ScorerJudge`: any ``score(instruction, output) -> float``, e.g. the toy world's
-  gold reward (``build_judge("gold")``); hard comparison with ties by default, or
+- :class:`ScorerJudge`: any ``score(instruction, output) -> float``, e.g. a built-in
+  world's gold scorer; hard comparison with ties by default, or
   sigmoid((s(a) - s(b)) / temperature).
 
 :func:`judge_pairs` judges every candidate/baseline pair in both orders and averages, so a
@@ -129,9 +129,9 @@ def check_identity(judge: Any) -> dict[str, Any]:
 JUDGES: Registry[Callable[..., PairwiseJudge]] = Registry("judge")
 
 
-def build_judge(name: str, **options: Any) -> PairwiseJudge:
-    """A judge by registered name: openai, hf, reward_model, scorer, gold."""
-    return JUDGES.get(name)(**options)
+def build_judge(backend: str, /, **options: Any) -> PairwiseJudge:
+    """A judge by registered backend: openai, hf, reward_model, scorer."""
+    return JUDGES.get(backend)(**options)
 
 
 # --------------------------------------------------------------------------- judging pairs
@@ -831,16 +831,3 @@ class ScorerJudge:
         if diff < -self.tie_tolerance:
             return 0.0
         return 0.5
-
-
-@JUDGES.register("gold")
-def gold_judge(
-    mode: Literal["hard", "soft"] = "hard", temperature: float = 1.0, tie_tolerance: float = 0.0
-) -> ScorerJudge:
-    """The toy world's programmatic gold reward as judge (toy-world prompts only)."""
-    from harness.worlds.toy import TOY_VERSION, gold_reward
-
-    return ScorerJudge(
-        gold_reward, name=f"toyworld.gold_reward@{TOY_VERSION}", mode=mode,
-        temperature=temperature, tie_tolerance=tie_tolerance,
-    )

@@ -33,7 +33,9 @@ from typing import Any, Literal
 
 import torch
 
-from harness.data.batching import render_prompt, sequence_logps
+from harness.data.batching import render_prompt
+from harness.modeling.forward import sequence_logps
+from harness.worlds.base import find_base_model
 
 Prompt = str | list[dict[str, str]]
 FinishReason = Literal["eos", "stop", "length"]
@@ -301,13 +303,12 @@ def completion_logprobs(
 
 
 def resolve_model_dir(path: str | Path) -> str:
-    """A run directory -> its ``final/``; ``toy`` / ``toy:<size>`` -> the toy SFT base; else unchanged."""
-    from harness.worlds import toy as toyworld
-
+    """A run directory -> its ``final/``; ``<world>[:<size>]`` -> that world's (built) base model;
+    else unchanged."""
     s = str(path)
-    toy = toyworld.resolve_model(s)
-    if toy is not None:
-        return str(toy)
+    base = find_base_model(s)
+    if base is not None:
+        return str(base)
     p = Path(s).expanduser()
     if p.is_dir() and (p / "final").is_dir() and not (p / "config.json").exists():
         return str(p / "final")

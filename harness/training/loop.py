@@ -19,10 +19,9 @@ mixed precision and gradient sync are accelerate's.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -33,8 +32,9 @@ from typing import Any
 
 import torch
 
-from harness.core.contract import SEGMENTS, MethodAdapter, Normalizer, SeqOut
-from harness.data.batching import Batch, collate, sequence_logps
+from harness.core.contract import SEGMENTS, MethodAdapter, Normalizer
+from harness.data.batching import collate
+from harness.modeling.forward import forward_segments
 from harness.store.runs import Run, atomic_write_json
 
 
@@ -65,111 +65,6 @@ class TrainResult:
     trainable_params: int
     total_params: int
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- forward
-
-
-def forward_segments(model: Any, batch: Batch, model_kind: str) -> dict[str, SeqOut]:
-    """One forward over all segments of the batch; results split back per segment.
-
-    Causal LMs project to the vocabulary only from the first position that predicts a
-    completion token (``logits_to_keep``): the [rows, T, V] logits are the memory peak on
-    large vocabularies, and prompt positions never enter a loss.
-    """
-    n = batch.size
-    result: dict[str, SeqOut] = {}
-    if model_kind == "reward":
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        scores = out.logits[:, 0].float()
-        counts = batch.loss_mask[:, 1:].sum(-1)
-        for s, name in enumerate(batch.segments):
-            sl = slice(s * n, (s + 1) * n)
-            result[name] = SeqOut(torch.zeros_like(scores[sl]), counts[sl], scores[sl])
-        return result
-    T = batch.input_ids.shape[1]
-    has_completion = batch.loss_mask.any(dim=1)
-    first = batch.loss_mask.float().argmax(dim=1)[has_completion]
-    start = max(int(first.min()) - 1, 0) if first.numel() else 0
-    try:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
-                    logits_to_keep=T - start)
-    except TypeError:  # a model class without logits_to_keep (remote code): project everything
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        start = 0
-    logps, counts = sequence_logps(out.logits, batch.input_ids[:, start:], batch.loss_mask[:, start:])
-    for s, name in enumerate(batch.segments):
-        sl = slice(s * n, (s + 1) * n)
-        result[name] = SeqOut(logps[sl], counts[sl], label=batch.label if name == "completion" else None)
-    return result
-
-
-# --------------------------------------------------------------------------- reference cache
-
-
-def weights_fingerprint(model_dir: str | Path) -> str:
-    """Content hash of a model directory's weights and config (keys the reference cache)."""
-    p = Path(model_dir)
-    h = hashlib.sha256()
-    files = sorted(f for f in p.iterdir() if f.suffix in {".safetensors", ".bin", ".json"} and f.is_file()) if p.is_dir() else []
-    if not files:
-        h.update(str(model_dir).encode())  # a hub id at a pinned revision
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()[:24]
-
-
-@torch.no_grad()
-def compute_reference_logps(
-    model: Any, examples: list[dict[str, Any]], segments: tuple[str, ...], pad_id: int,
-    batch_size: int, autocast: torch.autocast | None, device: torch.device,
-) -> dict[str, torch.Tensor]:
-    was_training = model.training
-    model.eval()
-    out = {s: torch.zeros(len(examples), dtype=torch.float32) for s in segments}
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        batch = collate(chunk, pad_id, segments).to(device)
-        with autocast if autocast is not None else _null():
-            res = forward_segments(model, batch, "causal_lm")
-        idx = batch.idx.cpu()
-        for s in segments:
-            out[s][idx] = res[s].logps.float().cpu()
-    model.train(was_training)
-    return out
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
-
-
-def reference_logps(
-    key_parts: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]], cache_dir: Path | None
-) -> tuple[dict[str, torch.Tensor], bool]:
-    """Cached reference log-probs: returns (logps per segment, whether it was a cache hit)."""
-    if cache_dir is None:
-        return compute(), False
-    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
-    path = cache_dir / f"{key}.pt"
-    if path.exists():
-        try:
-            return torch.load(path), True
-        except Exception:  # a corrupt cache entry is recomputed, never trusted
-            path.unlink(missing_ok=True)
-    values = compute()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(values, tmp)
-    os.replace(tmp, path)
-    (cache_dir / f"{key}.json").write_text(json.dumps(key_parts, indent=1, sort_keys=True))
-    return values, False
 
 
 # --------------------------------------------------------------------------- the loop
@@ -310,7 +205,7 @@ def train(
             if reference is not None:
                 ref = {s: reference[s][batch.idx.cpu()].to(device) for s in segments}
             sync = k == len(mine) - 1
-            ctx = _null() if sync else accelerator.no_sync(model)
+            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
             with ctx:
                 policy = forward_segments(model, batch, adapter.model_kind)
                 out = adapter.objective(hp, policy, ref, norm)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,26 +23,28 @@ from typing import Any
 
 import torch
 
-from harness.core.config import RunSpec, spec_to_dict
+from harness.core.config import RunSpec, load_spec, spec_to_dict
 from harness.core.contract import METHODS, SEGMENTS, DataKind, MethodAdapter, load_methods
 from harness.data.batching import fingerprint, tokenize_cached
 from harness.modeling import peft_setup
+from harness.modeling.identity import weights_fingerprint
+from harness.store.cache import build_dir, cache_dir
 from harness.store.runs import Run, atomic_write_text
-from harness.training.loop import (
-    LoopConfig,
-    TrainHooks,
-    compute_reference_logps,
-    reference_logps,
-    total_steps_for,
-    train,
-    weights_fingerprint,
+from harness.training.loop import LoopConfig, TrainHooks, total_steps_for, train
+from harness.training.refcache import compute_reference_logps, reference_logps
+from harness.worlds.base import (
+    BaseModel,
+    WorldError,
+    WorldOptions,
+    base_model_target,
+    get_world,
+    is_world,
+    parse_model_name,
+    world_options,
 )
-from harness.worlds import toy as toyworld
 
 #: bump when the log-prob computation changes numerically, so cached reference values are recomputed
 LOGPS_VERSION = 2
-
-TOY_SPLIT = {DataKind.SFT: "sft", DataKind.PAIRED: "paired", DataKind.PROMPT: "prompts"}
 
 
 class SpecError(ValueError):
@@ -62,20 +65,87 @@ class Prepared:
     n_skipped: int
 
 
+# --------------------------------------------------------------------------- worlds' base models
+
+
+def ensure_base_model(world: Any, size: str) -> Path:
+    """A world's base model ``size``: a Llama of the declared shape, SFT-trained by :func:`execute`
+    on the world's sft split on first use, then cached (a cross-process lock makes parallel
+    sweep workers build it once).  It lives here, beside :func:`execute`, because building a
+    base model is a run."""
+    bm: BaseModel = world.base_models[size]
+    sft_data = world.data_path(DataKind.SFT)
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tok = AutoTokenizer.from_pretrained(world.tokenizer_dir())
+        shape: dict[str, Any] = dict(bm.shape)
+        cfg = LlamaConfig(
+            vocab_size=len(tok), max_position_embeddings=bm.max_positions, tie_word_embeddings=True,
+            num_key_value_heads=shape["num_attention_heads"], bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **shape,
+        )
+        torch.manual_seed(world.options.seed)
+        init_dir = tmp / "init"
+        LlamaForCausalLM(cfg).save_pretrained(init_dir)
+        tok.save_pretrained(init_dir)
+        spec = load_spec(None, [
+            f"model={init_dir}", f"data={sft_data}", "method=sft",
+            *(f"train.{k}={v}" for k, v in bm.recipe.items()),
+            f"train.max_length={bm.max_length}", f"train.max_prompt_length={bm.max_prompt_length}",
+            "eval.enabled=false", f"seed={world.options.seed}", f"output_dir={tmp / 'runs'}", "name=sft-base",
+        ])
+        run = execute(spec, tracking="disabled")
+        for f in run.final_dir.iterdir():
+            shutil.move(str(f), tmp / f.name)
+        shutil.copy(run.path / "summary.json", tmp / "sft_summary.json")
+        shutil.rmtree(tmp / "runs")
+        shutil.rmtree(init_dir)
+
+    return build_dir(base_model_target(world, size), build)
+
+
+def ensure_model(name: str | None, options: WorldOptions | None = None) -> Path | None:
+    """``<world>[:<size>]`` -> its base model directory (built if needed); None for other names."""
+    if not name:
+        return None
+    parsed = parse_model_name(name)
+    if parsed is None:
+        return None
+    return ensure_base_model(get_world(parsed[0], options), parsed[1])
+
+
+#: every spec field that may name a model
+MODEL_FIELDS = (("model", "name_or_path"), ("model", "reference"), ("eval", "baseline"),
+                ("eval", "reward_model"), ("eval", "judge_model"))
+
+
+def ensure_spec_models(spec: RunSpec) -> None:
+    """Build every world base model the spec names, before anything loads one."""
+    options = world_options(spec.data)
+    for section, key in MODEL_FIELDS:
+        ensure_model(getattr(getattr(spec, section), key), options)
+
+
+def default_model(spec: RunSpec) -> str:
+    """``model.name_or_path``, or the data world's default base model when it is not set."""
+    if spec.model.name_or_path:
+        return spec.model.name_or_path
+    if is_world(spec.data.source) and get_world(spec.data.source).base_models:
+        return spec.data.source
+    raise SpecError(f"model.name_or_path: data={spec.data.source!r} has no base model of its own; name one with model=...")
+
+
 def resolve_model_path(spec: RunSpec) -> str:
-    toy = toyworld.resolve_model(spec.model.name_or_path, size=spec.data.toy_size)
-    if toy is not None:
-        return str(toy)
-    return spec.model.name_or_path
+    name = default_model(spec)
+    return str(ensure_model(name, world_options(spec.data)) or name)
 
 
 def resolve_data_source(spec: RunSpec, kind: DataKind) -> str:
-    if spec.data.source != "toy":
+    if not is_world(spec.data.source):
         return spec.data.source
-    world = toyworld.ensure_world(size=spec.data.toy_size)
-    if kind == DataKind.UNPAIRED:
-        return str(world.unpaired_path(spec.data.desirable_fraction))
-    return str(world.split_path(TOY_SPLIT[kind]))
+    return str(get_world(spec.data.source, world_options(spec.data)).data_path(kind))
 
 
 LOCAL_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv", ".yaml", ".yml", ".safetensors", ".bin", ".arrow"}
@@ -94,6 +164,12 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
                          ("model.reference", spec.model.reference)):
         if value and looks_local(value) and not Path(value).expanduser().exists():
             raise SpecError(f"{label}: {value!r} does not exist")
+    for section, key in MODEL_FIELDS:
+        try:
+            parse_model_name(getattr(getattr(spec, section), key) or "")
+        except WorldError as e:
+            raise SpecError(f"{section}.{key}: {e}") from None
+    spec.model.name_or_path = default_model(spec)
     if spec.train.max_prompt_length >= spec.train.max_length:
         raise SpecError(
             f"train.max_prompt_length ({spec.train.max_prompt_length}) must be below train.max_length ({spec.train.max_length})"
@@ -103,7 +179,7 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
 
         # a bad eval section must not cost a training run; local prompt files are read now
         prompts = spec.eval.prompts or spec.data.source
-        check_eval_spec(spec, load_prompts=prompts == "toy" or looks_local(prompts))
+        check_eval_spec(spec, load_prompts=is_world(prompts) or looks_local(prompts))
     if spec.model.reference and not adapter.needs_reference:
         raise SpecError(f"model.reference is set but method {adapter.name!r} uses no reference model")
     peft_setup.check(spec, adapter.model_kind)
@@ -143,7 +219,7 @@ def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
     eval_ex = tokenize_cached(eval_records, tok, kind, t.max_length, t.max_prompt_length, tok_cache)
     ref = model_path
     if spec.model.reference:
-        ref = str(toyworld.resolve_model(spec.model.reference, size=spec.data.toy_size) or spec.model.reference)
+        ref = str(ensure_model(spec.model.reference, world_options(spec.data)) or spec.model.reference)
     return Prepared(adapter, model_path, ref, tok, train_ex, eval_ex, loaded.source, loaded.n_skipped)
 
 
@@ -183,10 +259,6 @@ def autocast_for(spec: RunSpec, device: torch.device) -> torch.autocast | None:
     if spec.train.precision != "bf16":
         return None
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def cache_dir(kind: str) -> Path:
-    return toyworld.cache_root() / kind
 
 
 def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -254,6 +326,7 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
     """Train (and evaluate) one run; returns its store handle.  Raises after recording failures."""
     t_start = time.perf_counter()
     adapter = check_spec(spec)
+    ensure_spec_models(spec)
     run, resume = _open_run(spec)
     run.write_config(spec_to_dict(spec))
     run.write_env()

@@ -21,20 +21,24 @@ held-out ``eval_prompts.jsonl`` {prompt} (subject/template combinations never tr
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import json
 import math
-import os
 import random
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from harness.core.contract import DataKind
+from harness.store.cache import build_dir
+from harness.worlds._common import build_tokenizer, read_jsonl, write_jsonl
+from harness.worlds.base import (
+    BaseModel,
+    LMEvalTasks,
+    Scorer,
+    WorldError,
+    WorldOptions,
+    register_world,
+    world_cache_dir,
+)
 
 TOY_VERSION = "1"
 
@@ -69,22 +73,7 @@ RESPONSE_TEMPLATES = [
 #: Bradley-Terry temperature of the simulated annotator (higher = noisier labels)
 LABEL_TEMPERATURE = 0.5
 
-SPECIALS = {
-    "pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|end|>", "unk_token": "<|unk|>",
-}
-ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 
-#: tiny Llama shapes; "bench" is the 4-layer, 256-hidden model of the benchmark
-MODEL_SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2, "num_attention_heads": 4},
-    "base": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2, "num_attention_heads": 4},
-    "bench": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4},
-}
-DEFAULT_SIZE = "base"
 
 
 # --------------------------------------------------------------------------- gold reward
@@ -198,181 +187,195 @@ def unpaired_split(paired: list[dict[str, Any]], desirable_fraction: float, seed
     return rows
 
 
-# --------------------------------------------------------------------------- cache
+
+# --------------------------------------------------------------------------- held-out pairs and lm-eval tasks
+
+#: held-out gold-labelled pairs per eval prompt for reward-model accuracy
+RM_PAIRS_PER_PROMPT = 8
+LM_EVAL_TASKS = ("toy_topic_choice", "toy_topic_gen")
+#: bump when the lm-eval items or templates change: the rendered directory is keyed by it
+LM_EVAL_VERSION = "1"
+N_CHOICES = 4
+ASSETS = Path(__file__).resolve().parent / "assets" / "toy"
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("ALIGN_HARNESS_CACHE", Path.home() / ".cache" / "align-harness"))
+def prompt_subject(prompt: str) -> str:
+    """The one subject a toy prompt asks about."""
+    words = set(_WORD.findall(prompt.lower()))
+    found = [s for s in SUBJECTS if s in words]
+    if len(found) != 1:
+        raise ValueError(f"toy eval prompt {prompt!r} names {len(found)} subjects, expected one")
+    return found[0]
 
 
-def _key(**parts: Any) -> str:
-    return hashlib.sha256(json.dumps({"v": TOY_VERSION, **parts}, sort_keys=True).encode()).hexdigest()[:16]
+def heldout_pairs(eval_prompts: list[str], seed: int, per_prompt: int = RM_PAIRS_PER_PROMPT) -> list[dict[str, Any]]:
+    """Fresh preference pairs on the held-out prompts, labelled by the gold reward without
+    annotator noise (ties dropped): what a perfect reward model ranks 100% right."""
+    rng = random.Random(seed * 31 + 5)
+    pools = [POSITIVE, NEGATIVE, NEUTRAL]
+    pairs = []
+    for prompt in eval_prompts:
+        subject = prompt_subject(prompt)
+
+        def response(subject: str = subject) -> str:
+            s = subject if rng.random() < 0.8 else rng.choice(SUBJECTS)
+            adj = {k: rng.choice(rng.choice(pools)) for k in ("a", "b", "c")}
+            return rng.choice(RESPONSE_TEMPLATES).format(s=s, **adj)
+
+        made = 0
+        while made < per_prompt:
+            a, b = response(), response()
+            ra, rb = gold_reward(prompt, a), gold_reward(prompt, b)
+            if ra == rb:
+                continue
+            chosen, rejected = (a, b) if ra > rb else (b, a)
+            pairs.append({"prompt": [{"role": "user", "content": prompt}], "chosen": chosen, "rejected": rejected})
+            made += 1
+    return pairs
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Cross-process lock so parallel sweep workers build the world once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def lm_eval_items(eval_prompts: list[str], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Items of both toy lm-eval tasks from the held-out eval prompts (deterministic):
+
+    ``toy_topic_choice`` (multiple choice, acc / acc_norm): four otherwise identical reviews
+    that differ only in their subject; the right one is about the subject asked for.
+    ``toy_topic_gen`` (generate until, exact_match): the first subject word of a greedy
+    answer must be the one asked for.
+    """
+    rng = random.Random(seed * 101 + 7)
+    choice_items, gen_items = [], []
+    for prompt in eval_prompts:
+        subject = prompt_subject(prompt)
+        gen_items.append({"prompt": prompt, "subject": subject})
+        template = rng.choice(RESPONSE_TEMPLATES)
+        # neutral words: the choice must turn on the subject, not on sentiment
+        adjectives = {k: rng.choice(NEUTRAL) for k in ("a", "b", "c")}
+        others = rng.sample([s for s in SUBJECTS if s != subject], N_CHOICES - 1)
+        label = rng.randrange(N_CHOICES)
+        subjects = others[:label] + [subject] + others[label:]
+        choice_items.append({
+            "prompt": prompt,
+            "choices": [template.format(s=s, **adjectives) for s in subjects],
+            "label": label,
+        })
+    return {"toy_topic_choice": choice_items, "toy_topic_gen": gen_items}
 
 
-def _build_atomically(target: Path, builder: Any) -> Path:
-    if (target / "DONE").exists():
-        return target
-    with _locked(target):
-        if (target / "DONE").exists():
-            return target
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-        try:
-            builder(tmp)
-            (tmp / "DONE").write_text("ok\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
+def render_lm_eval_dir(out: Path, final: Path, eval_prompts: list[str], seed: int) -> None:
+    """Write the items and task YAMLs into ``out``; the YAMLs point at ``final`` (where ``out`` is
+    renamed to once complete)."""
+    for name, rows in lm_eval_items(eval_prompts, seed).items():
+        write_jsonl(out / f"{name}.jsonl", rows)
+    regex = r"\b(" + "|".join(sorted(SUBJECTS, key=len, reverse=True)) + r")\b"
+    for name in LM_EVAL_TASKS:
+        text = (ASSETS / f"{name}.yaml.tmpl").read_text()
+        # the YAML is double-quoted: backslashes must be escaped there
+        text = text.replace("@DATA_DIR@", str(final)).replace("@SUBJECT_REGEX@", regex.replace("\\", "\\\\"))
+        (out / f"{name}.yaml").write_text(text)
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+# --------------------------------------------------------------------------- the world
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 512) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    special = list(SPECIALS.values()) + ROLE_TOKENS
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIALS, additional_special_tokens=ROLE_TOKENS)
-    fast.chat_template = CHAT_TEMPLATE
-    fast.padding_side = "right"
-    fast.save_pretrained(out_dir)
-    return fast
-
-
-@dataclass
-class World:
-    root: Path
-    seed: int
-    size: int
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.root / "tokenizer"
-
-    def split_path(self, name: str) -> Path:
-        return self.data_dir / f"{name}.jsonl"
-
-    def unpaired_path(self, desirable_fraction: float) -> Path:
-        path = self.data_dir / f"unpaired-d{desirable_fraction:.2f}.jsonl"
-        if not path.exists():
-            rows = unpaired_split(_read_jsonl(self.split_path("paired")), desirable_fraction, self.seed)
-            fd, tmp = tempfile.mkstemp(dir=self.data_dir, suffix=".tmp")
-            os.close(fd)
-            _write_jsonl(Path(tmp), rows)
-            os.replace(tmp, path)
-        return path
-
-    def base_model_dir(self, size: str = DEFAULT_SIZE) -> Path:
-        return ensure_base_model(self, size)
-
-    def eval_prompts(self) -> list[str]:
-        return [r["prompt"] for r in _read_jsonl(self.split_path("eval_prompts"))]
-
-
-def ensure_world(seed: int = 0, size: int = 2048) -> World:
-    """Data + tokenizer of the toy world, built once per (version, seed, size)."""
-    target = cache_root() / "toyworld" / f"world-{_key(seed=seed, size=size)}"
-
-    def build(tmp: Path) -> None:
-        splits = generate_splits(seed, size)
-        (tmp / "data").mkdir()
-        for name, rows in splits.items():
-            _write_jsonl(tmp / "data" / f"{name}.jsonl", rows)
-        texts = [r["prompt"] for r in splits["sft"]] + [r["completion"] for r in splits["sft"]]
-        texts += [r["prompt"] for r in splits["eval_prompts"]] + [w for w in SENTIMENT] + SUBJECTS
-        build_tokenizer(texts, tmp / "tokenizer")
-        (tmp / "world.json").write_text(json.dumps({"version": TOY_VERSION, "seed": seed, "size": size}))
-
-    return World(_build_atomically(target, build), seed, size)
-
-
-#: SFT recipe of the toy base (tuned so the base learns the format and the mixed sentiment)
+#: SFT recipe of the toy bases (tuned so a base learns the format and the mixed sentiment)
 SFT_BASE_RECIPE = {"lr": 3e-3, "epochs": 6, "batch_size": 32, "schedule": "cosine", "warmup_ratio": 0.05}
 
 
-def ensure_base_model(world: World, size: str = DEFAULT_SIZE) -> Path:
-    """A tiny Llama trained with this harness's own SFT on the world's SFT split; cached."""
-    if size not in MODEL_SIZES:
-        from harness.core.registry import did_you_mean
+def _base(name: str, hidden: int, inter: int, layers: int, description: str) -> BaseModel:
+    return BaseModel(
+        name=name, shape={"hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
+                        "num_attention_heads": 4},
+        recipe=SFT_BASE_RECIPE, description=description,
+    )
 
-        raise ValueError(
-            f"unknown toy model size {size!r}{did_you_mean(size, list(MODEL_SIZES))}; "
-            f"choose from: {', '.join(MODEL_SIZES)}"
+
+@register_world
+class ToyWorld:
+    """The controlled-sentiment world (module docstring); ``data=toy``, ``model=toy[:size]``."""
+
+    name = "toy"
+    description = "controlled sentiment (DPO paper §6.1 in miniature): one task, gold reward up to 1.5"
+    base_models = {
+        "tiny": _base("tiny", 64, 192, 2, "2 layers x 64 (~0.1M params)"),
+        "base": _base("base", 128, 384, 2, "2 layers x 128 (~0.5M params)"),
+        "bench": _base("bench", 256, 688, 4, "4 layers x 256 (~3M params): the benchmark model"),
+    }
+    default_base = "base"
+
+    def __init__(self, options: WorldOptions) -> None:
+        self.options = options
+        self._root: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        """Data + tokenizer, built once per (version, seed, size)."""
+        if self._root is None:
+            seed, size = self.options.seed, self.options.size
+            target = world_cache_dir(self.name, TOY_VERSION, WorldOptions(seed=seed, size=size))
+
+            def build(tmp: Path) -> None:
+                splits = generate_splits(seed, size)
+                for name, rows in splits.items():
+                    write_jsonl(tmp / "data" / f"{name}.jsonl", rows)
+                texts = [r["prompt"] for r in splits["sft"]] + [r["completion"] for r in splits["sft"]]
+                texts += [r["prompt"] for r in splits["eval_prompts"]] + list(SENTIMENT) + SUBJECTS
+                build_tokenizer(texts, tmp / "tokenizer")
+
+            self._root = build_dir(target, build)
+        return self._root
+
+    def splits(self) -> dict[str, str]:
+        return {
+            "sft": "{prompt, completion}: mixed-sentiment behaviour policy",
+            "paired": "{prompt, chosen, rejected}: gold-labelled with Bradley-Terry noise",
+            "unpaired": "{prompt, completion, label}: data.desirable_fraction of rows desirable (KTO)",
+            "prompts": "{prompt}: training prompts for online methods",
+            "eval_prompts": "{prompt}: 36 held-out subject x template combinations",
+        }
+
+    def split_path(self, split: str) -> Path:
+        if split == "unpaired":
+            return self._unpaired_path()
+        if split not in self.splits():
+            raise WorldError(f"world {self.name!r} has no split {split!r}; choose from: {', '.join(self.splits())}")
+        return self.root / "data" / f"{split}.jsonl"
+
+    def _unpaired_path(self) -> Path:
+        frac = self.options.desirable_fraction
+        path = self.root / "data" / f"unpaired-d{frac:.2f}.jsonl"
+        if not path.exists():
+            write_jsonl(path, unpaired_split(read_jsonl(self.split_path("paired")), frac, self.options.seed))
+        return path
+
+    def data_path(self, kind: DataKind) -> Path:
+        split = {DataKind.SFT: "sft", DataKind.PAIRED: "paired", DataKind.UNPAIRED: "unpaired",
+                 DataKind.PROMPT: "prompts"}[kind]
+        return self.split_path(split)
+
+    def eval_prompts(self) -> list[str]:
+        return [r["prompt"] for r in read_jsonl(self.split_path("eval_prompts"))]
+
+    def eval_groups(self, prompts: list[str]) -> dict[str, list[int]]:
+        return {}
+
+    def gold_scorer(self) -> Scorer:
+        return Scorer(
+            "gold_reward", gold_reward, low=-math.inf, high=1.5, version=TOY_VERSION,
+            description="mean sentiment of opinion words + 0.5 on-topic - 0.5 off-topic - repetition/length penalties",
         )
-    target = world.root / f"base-{size}-{_key(size=size, recipe=SFT_BASE_RECIPE, **MODEL_SIZES[size])}"
 
-    def build(tmp: Path) -> None:
-        import torch
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    def scorers(self) -> dict[str, Scorer]:
+        gold = self.gold_scorer()
+        return {gold.name: gold}
 
-        tok = AutoTokenizer.from_pretrained(world.tokenizer_dir)
-        shape: dict[str, Any] = dict(MODEL_SIZES[size])
-        cfg = LlamaConfig(
-            vocab_size=len(tok), max_position_embeddings=256, tie_word_embeddings=True,
-            num_key_value_heads=shape["num_attention_heads"], bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **shape,
-        )
-        torch.manual_seed(world.seed)
-        init_dir = tmp / "init"
-        LlamaForCausalLM(cfg).save_pretrained(init_dir)
-        tok.save_pretrained(init_dir)
-        from harness.core.config import load_spec
-        from harness.training.runner import execute
+    def lm_eval_tasks(self) -> LMEvalTasks:
+        prompts, seed = self.eval_prompts(), self.options.seed
+        final = self.root / f"lm_eval_tasks-v{LM_EVAL_VERSION}"
+        target = build_dir(final, lambda tmp: render_lm_eval_dir(tmp, final, prompts, seed))
+        return LMEvalTasks(default=LM_EVAL_TASKS, available=LM_EVAL_TASKS, include=target)
 
-        spec = load_spec(None, [
-            f"model={init_dir}", f"data={world.split_path('sft')}", "method=sft",
-            *(f"train.{k}={v}" for k, v in SFT_BASE_RECIPE.items()),
-            "train.max_length=64", "train.max_prompt_length=32", "eval.enabled=false",
-            f"seed={world.seed}", f"output_dir={tmp / 'runs'}", "name=sft-base",
-        ])
-        run = execute(spec, tracking="disabled")
-        for f in run.final_dir.iterdir():
-            shutil.move(str(f), tmp / f.name)
-        shutil.copy(run.path / "summary.json", tmp / "sft_summary.json")
-        shutil.rmtree(tmp / "runs")
-        shutil.rmtree(init_dir)
+    def heldout_pairs(self) -> list[dict[str, Any]]:
+        return heldout_pairs(self.eval_prompts(), self.options.seed)
 
-    return _build_atomically(target, build)
-
-
-def resolve_model(name: str, seed: int = 0, size: int = 2048) -> Path | None:
-    """``toy`` / ``toy:<size>`` -> the cached SFT base directory; None for anything else."""
-    if name != "toy" and not name.startswith("toy:"):
-        return None
-    model_size = name.partition(":")[2] or DEFAULT_SIZE
-    return ensure_base_model(ensure_world(seed, size), model_size)
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"

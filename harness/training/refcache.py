@@ -1,0 +1,44 @@
+"""Reference log-probs, computed once per (reference weights, tokenised data, lengths,
+precision) and cached on disk, so no reference model is held or run during training and
+later runs / sweep trials sharing them skip the pass."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.data.batching import collate
+from harness.modeling.forward import forward_segments
+from harness.store.cache import BlobCache
+
+
+@torch.no_grad()
+def compute_reference_logps(
+    model: Any, examples: list[dict[str, Any]], segments: tuple[str, ...], pad_id: int,
+    batch_size: int, autocast: torch.autocast | None, device: torch.device,
+) -> dict[str, torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    out = {s: torch.zeros(len(examples), dtype=torch.float32) for s in segments}
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        batch = collate(chunk, pad_id, segments).to(device)
+        with autocast if autocast is not None else contextlib.nullcontext():
+            res = forward_segments(model, batch, "causal_lm")
+        idx = batch.idx.cpu()
+        for s in segments:
+            out[s][idx] = res[s].logps.float().cpu()
+    model.train(was_training)
+    return out
+
+
+def reference_logps(
+    key_parts: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]], root: Path | None
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Cached reference log-probs: returns (logps per segment, whether it was a cache hit).
+    ``root=None`` computes without caching (``train.ref_cache=false``)."""
+    return BlobCache("refcache", fmt="torch", root=root if root is not None else False).get_or_compute(key_parts, compute)
