@@ -412,7 +412,7 @@ def test_slic_hinge_on_the_log_ratio_difference() -> None:
 
 
 def test_spin_is_dpo_on_real_vs_generated_with_beta_lambda() -> None:
-    from harness.losses import dpo_loss
+    from harness.core.losses import dpo_loss
 
     real, gen = t([-1.0, -5.0, -2.0]), t([-2.0, -1.0, -2.0])
     ref_real, ref_gen = t([-1.5, -4.0, -3.0]), t([-1.0, -1.0, -1.0])
