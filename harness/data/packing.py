@@ -1,0 +1,338 @@
+"""Padding-free micro-batches: the sequences of a micro-batch end to end in one row.
+
+Why: instruction data is length-skewed, so a right-padded ``[rows, T_max]`` batch spends much
+of its compute and activation memory on padding.  Eight sequences of 1800, 400, 300, 300, 250,
+200, 150 and 120 tokens padded to 1800 are 14,400 token slots for 3,520 real tokens: 4.1× the
+work in everything that is linear in tokens (embeddings, projections, MLPs, norms, the LM
+head) and 4.1× the activations.  Packed into one row of 3,520 tokens, that work is the real
+tokens' only.  Attention is the exception: with flash-attention varlen it is computed per
+sequence (sum of n_i², less than padded), but sdpa/eager get a dense [L, L] mask and compute
+all L² scores of the pack (3,520² = 12.4M vs 8 × 1800² = 25.9M here; for equal lengths packing
+makes it up to ``rows``× more) — which is why :func:`plan_packs` bounds a pack's ``max_tokens``.
+
+A :class:`PackedBatch` carries what every attention backend needs: ``position_ids`` restarting
+at 0 at each sequence start (RoPE sees the same positions as in the padded row), per-token
+``seq_ids``, ``cu_seqlens``/``max_seqlen`` for flash-attention varlen, and a ``loss_mask`` of
+completion tokens that is zero at every sequence start, so the next-token label of a sequence's
+last token — the next sequence's first token — never counts (the padded path never counts
+position 0 of a row either).  :func:`packed_forward_logps` returns per-sequence (sum log-prob,
+count) exactly as the padded ``forward_segments`` path would, in the input order.
+
+How attention stays inside each sequence, by ``attn_implementation`` (transformers 5.24):
+
+* ``sdpa``, ``eager`` (and ``flex_attention``, untested here): ``masking_utils.create_causal_mask`` detects
+  packing from ``position_ids`` (``find_packed_sequence_indices``: a new sequence wherever the
+  position does not increase by 1) and builds the block-diagonal causal mask itself — but ONLY
+  when the 2D ``attention_mask`` is None AND there is no cache, i.e. the forward must get
+  ``use_cache=False`` (Llama's default ``use_cache=True`` creates a DynamicCache and silently
+  attends across the whole pack).  Mode ``"position_ids"``.
+* ``flash_attention_2/3/4``: ``_flash_attention_forward`` runs ``flash_attn_varlen_func`` when
+  given ``cu_seq_lens_q/k`` and ``max_length_q/k`` kwargs (or infers them from ``position_ids``
+  when the batch has one row); nothing is masked, no [T, T] tensor exists.  Mode ``"varlen"``
+  passes both.  flash-attn is not installable on the CPU machines this was written on: this mode
+  is tested only as far as the kwargs reaching the attention function (see the tests).
+* Models whose decoder does not hand ``position_ids`` to the mask builder (a few older
+  architectures): an explicit block-diagonal causal 4D mask (bool for sdpa, additive in the
+  model's dtype otherwise), which ``create_causal_mask`` passes through as-is.  Mode ``"mask"``.
+  It has no sliding window, so on sliding-window models a pack whose longest sequence exceeds
+  the window is run as padded rows instead.
+* peft prompt learning (prefix tuning) shares one prefix cache per row and concatenates a 2D
+  prefix mask, so it is unpacked back to padded rows.  Mode ``"padded"``, also the last resort.
+
+:func:`packing_mode` picks the first of these that passes a one-off isolation probe on the model
+(three tiny forwards in eval mode: a second sequence's outputs must not move when the first one's
+tokens change and must match the sequence alone), so a model that ignores a mechanism falls to
+the next, correct one instead of silently leaking attention across sequences.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harness.modeling.logprobs import (
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_CHUNK_VOCAB,
+    completion_token_logps,
+    token_logps,
+    unwrap_model,
+)
+
+MODES = ("position_ids", "varlen", "mask", "padded")
+
+
+@dataclass
+class PackedBatch:
+    """Sequences packed end to end into one row (see the module docstring)."""
+
+    input_ids: torch.Tensor  # [1, L] long
+    position_ids: torch.Tensor  # [1, L] long, 0 at each sequence start
+    loss_mask: torch.Tensor  # [1, L] long, 1 on completion tokens, 0 at each sequence start
+    seq_ids: torch.Tensor  # [1, L] long, index of the sequence in the input order
+    cu_seqlens: torch.Tensor  # [n+1] int32, sequence boundaries (flash-attention varlen)
+    max_seqlen: int
+    lengths: tuple[int, ...]
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.lengths)
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), self.loss_mask.to(device),
+                           self.seq_ids.to(device), self.cu_seqlens.to(device), self.max_seqlen, self.lengths)
+
+
+def pack_sequences(sequences: Sequence[dict[str, Any]]) -> PackedBatch:
+    """Pack tokenised segments (``{"input_ids": [...], "prompt_len": int}``, the shape
+    ``harness.batching`` produces) into one row, in the given order.  Built on the CPU, like
+    ``collate``; move it with :meth:`PackedBatch.to`."""
+    ids: list[int] = []
+    pos: list[int] = []
+    loss: list[int] = []
+    sid: list[int] = []
+    lengths = []
+    for i, s in enumerate(sequences):
+        toks = list(s["input_ids"])
+        n, p = len(toks), int(s["prompt_len"])
+        if n == 0:
+            raise ValueError(f"sequence {i} is empty")
+        ids += toks
+        pos += range(n)
+        # first token of a sequence never counts: its "previous position" is another sequence's
+        loss += [0] * min(max(p, 1), n) + [1] * (n - max(p, 1))
+        sid += [i] * n
+        lengths.append(n)
+    if not ids:
+        raise ValueError("nothing to pack")
+    t = lambda x: torch.tensor(x, dtype=torch.long).unsqueeze(0)  # noqa: E731
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), 0)
+    return PackedBatch(t(ids), t(pos), t(loss), t(sid), cu, max(lengths), tuple(lengths))
+
+
+def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> PackedBatch:
+    """A right-padded batch (``harness.batching.collate``'s ``Batch`` tensors) as one packed row;
+    sequence i of the pack is row i of the batch, so results map back row for row."""
+    lengths = attention_mask.sum(dim=1).tolist()
+    expected = torch.arange(input_ids.shape[1], device=attention_mask.device)[None, :] < attention_mask.sum(1, keepdim=True)
+    if not torch.equal(attention_mask.bool(), expected):
+        raise ValueError("pack_padded expects right padding (each attention_mask row is ones, then zeros)")
+    seqs = []
+    for row, n in enumerate(lengths):
+        lm = loss_mask[row, :n]
+        first = int(lm.float().argmax()) if bool(lm.any()) else n
+        if bool(lm.any()) and not bool(lm[first:].all()):
+            raise ValueError(f"row {row}: completion tokens must be one suffix of the sequence")
+        seqs.append({"input_ids": input_ids[row, :n].tolist(), "prompt_len": first})
+    return pack_sequences(seqs)
+
+
+def unpack(packed: PackedBatch, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Back to right-padded (input_ids, attention_mask, loss_mask), one row per sequence."""
+    n, T = packed.num_sequences, max(packed.max_seqlen, 1)
+    dev = packed.input_ids.device
+    ids = torch.full((n, T), pad_id, dtype=torch.long, device=dev)
+    attn = torch.zeros((n, T), dtype=torch.long, device=dev)
+    loss = torch.zeros((n, T), dtype=torch.long, device=dev)
+    for i, (a, b) in enumerate(zip(packed.cu_seqlens[:-1].tolist(), packed.cu_seqlens[1:].tolist())):
+        ids[i, :b - a] = packed.input_ids[0, a:b]
+        attn[i, :b - a] = 1
+        loss[i, :b - a] = packed.loss_mask[0, a:b]
+    return ids, attn, loss
+
+
+def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[B, 1, L, L] mask letting token q see token k iff same sequence and k <= q.
+
+    ``dtype=None``: boolean (True = attend), what sdpa takes.  A float dtype: additive, 0 or the
+    dtype's most negative finite value (as transformers' eager masks; -inf would give NaN rows
+    under some kernels), what eager attention adds to its scores.
+    """
+    L = seq_ids.shape[-1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=seq_ids.device).tril()
+    allowed = (seq_ids[:, :, None] == seq_ids[:, None, :]) & causal
+    allowed = allowed[:, None]
+    if dtype is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=seq_ids.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+# --------------------------------------------------------------------------- mode selection
+
+
+def _attn_implementation(model: Any) -> str:
+    return str(getattr(unwrap_model(model).config, "_attn_implementation", None) or "eager")
+
+
+def _is_prompt_learning(model: Any) -> bool:
+    m = model
+    while isinstance(m, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        m = m.module
+    cfg = getattr(m, "active_peft_config", None)
+    return bool(getattr(cfg, "is_prompt_learning", False))
+
+
+def _model_dtype(model: Any) -> torch.dtype:
+    return unwrap_model(model).get_input_embeddings().weight.dtype
+
+
+def _sliding_window(model: Any) -> int | None:
+    """The window of sliding-window layers, if any layer uses one (Mistral, Qwen2 with
+    use_sliding_window, Gemma 2/3): the explicit mask of mode "mask" has no window."""
+    cfg = unwrap_model(model).config
+    window = getattr(cfg, "sliding_window", None)
+    if window is None:
+        return None
+    types = getattr(cfg, "layer_types", None)
+    if types is not None:
+        return window if "sliding_attention" in types else None
+    return window if getattr(cfg, "use_sliding_window", True) else None
+
+
+def _forward_kwargs(model: Any, packed: PackedBatch, mode: str) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """(attention_mask, extra forward kwargs) that keep attention inside each sequence."""
+    kwargs: dict[str, Any] = {"position_ids": packed.position_ids}
+    if mode == "position_ids":
+        return None, kwargs
+    if mode == "varlen":
+        kwargs.update(cu_seq_lens_q=packed.cu_seqlens, cu_seq_lens_k=packed.cu_seqlens,
+                      max_length_q=packed.max_seqlen, max_length_k=packed.max_seqlen)
+        return None, kwargs
+    if mode == "mask":
+        dtype = None if _attn_implementation(model) == "sdpa" else _model_dtype(model)
+        return block_causal_mask(packed.seq_ids, dtype), kwargs
+    raise ValueError(f"mode {mode!r} has no packed forward")
+
+
+def _candidates(model: Any) -> list[str]:
+    if _is_prompt_learning(model):
+        return []
+    if _attn_implementation(model).startswith("flash_attention"):
+        return ["varlen"]  # FA takes no 4D mask: varlen or nothing
+    return ["position_ids", "mask"]
+
+
+@torch.no_grad()
+def isolation_probe(model: Any, mode: str) -> bool:
+    """Does ``mode`` keep packed sequences apart on ``model``?  Packs A=[a a a] and B=[b b b];
+    B's logits must not move when A's tokens change, and must equal B run alone (which also
+    checks that positions restart).  Masked-out keys contribute exact zeros, so isolated outputs
+    are equal up to kernel rounding; leakage moves them by orders of magnitude more.  Runs in eval
+    mode (dropout, LoRA dropout off) and restores each module's mode."""
+    vocab = unwrap_model(model).get_input_embeddings().weight.shape[0]
+    dev = unwrap_model(model).get_input_embeddings().weight.device
+    a1, a2, b = [[(k * 7 + j) % vocab for j in range(3)] for k in (1, 2, 3)]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        outs = []
+        for a in (a1, a2):
+            packed = pack_sequences([{"input_ids": a, "prompt_len": 0}, {"input_ids": b, "prompt_len": 0}]).to(dev)
+            attn, kw = _forward_kwargs(model, packed, mode)
+            outs.append(_logits(model(input_ids=packed.input_ids, attention_mask=attn, use_cache=False, **kw))[0, 3:].float())
+        alone = _logits(model(input_ids=torch.tensor([b], device=dev), attention_mask=torch.ones(1, 3, dtype=torch.long, device=dev),
+                              use_cache=False))[0].float()
+    except Exception:  # a mechanism the model rejects (e.g. a tensor mask under flex attention) is not one it supports
+        return False
+    finally:
+        for m, was in modes:
+            m.training = was
+    scale = 1.0 + float(alone.abs().max())
+    tol = 1e-4 if _model_dtype(model) == torch.float32 else 2e-2
+    return bool((outs[0] - outs[1]).abs().max() <= tol * scale and (outs[0] - alone).abs().max() <= tol * scale)
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+_MODE_CACHE: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
+
+
+def packing_mode(model: Any) -> str:
+    """How :func:`packed_forward_logps` keeps attention inside sequences for ``model``: one of
+    ``"position_ids"``, ``"varlen"``, ``"mask"``, or ``"padded"`` (unpack; no padding savings).
+    Probed once per model and attention implementation, then cached.  For the core to log."""
+    impl = _attn_implementation(model)
+    hit = _MODE_CACHE.get(model)
+    if hit is not None and hit[0] == impl:
+        return hit[1]
+    mode = next((m for m in _candidates(model) if isolation_probe(model, m)), "padded")
+    _MODE_CACHE[model] = (impl, mode)
+    return mode
+
+
+def packed_forward_logps(
+    model: Any,
+    packed: PackedBatch,
+    *,
+    mode: str = "auto",
+    path: str = "auto",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_vocab: int | None = DEFAULT_CHUNK_VOCAB,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sum of completion-token log-probs [n] and counts [n] (float32), sequence i
+    being the i-th one packed — equal to the padded path's per-row results.
+
+    ``mode``: ``"auto"`` (:func:`packing_mode`) or one of ``MODES`` to force it; ``path``: the
+    vocabulary projection, ``"auto"`` (chunked where exact), ``"chunked"`` or ``"plain"``, as in
+    :func:`harness.modeling.logprobs.completion_token_logps`.
+    """
+    if mode == "auto":
+        mode = packing_mode(model)
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'auto' or one of {MODES}, got {mode!r}")
+    window = _sliding_window(model)
+    if mode == "mask" and window is not None and packed.max_seqlen > window:
+        mode = "padded"  # the explicit mask has no sliding window; padded rows get transformers' own
+    if mode == "padded":
+        ids, pad_attn, loss = unpack(packed)
+        return completion_token_logps(model, ids, pad_attn, loss, chunk_rows=chunk_rows, chunk_vocab=chunk_vocab, path=path)
+    attn, kwargs = _forward_kwargs(model, packed, mode)
+    per_token, _ = token_logps(model, packed.input_ids, attn, packed.loss_mask, chunk_rows=chunk_rows,
+                               chunk_vocab=chunk_vocab, path=path, **kwargs)
+    # position t predicts token t+1; the loss mask is 0 at sequence starts, so t+1's sequence is t's
+    owner = packed.seq_ids[0, 1:]
+    n = packed.num_sequences
+    logps = torch.zeros(n, dtype=torch.float32, device=per_token.device).index_add(0, owner, per_token[0])
+    counts = torch.zeros(n, dtype=torch.float32, device=per_token.device).index_add(
+        0, owner, packed.loss_mask[0, 1:].float())
+    return logps, counts
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_packs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Split sequences (by length) into packs of at most ``max_tokens`` tokens.
+
+    First-fit decreasing: longest first, each into the first pack with room, ties broken by index,
+    so the plan is a pure function of its inputs (every process of a multi-GPU run agrees).  FFD
+    uses at most 11/9·OPT + 6/9 packs.  Each pack lists its sequence indices ascending; every
+    index appears exactly once.  A sequence longer than ``max_tokens`` is an error: no pack can
+    hold it and the budget is the memory limit.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
+    if too_long:
+        raise ValueError(f"sequence(s) {too_long} are longer than max_tokens={max_tokens} "
+                         f"(lengths {[lengths[i] for i in too_long]}); raise the budget or truncate")
+    if any(n < 0 for n in lengths):
+        raise ValueError("lengths must be non-negative")
+    packs: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for p, r in enumerate(room):
+            if lengths[i] <= r:
+                packs[p].append(i)
+                room[p] -= lengths[i]
+                break
+        else:
+            packs.append([i])
+            room.append(max_tokens - lengths[i])
+    return [sorted(p) for p in packs]
