@@ -1,5 +1,5 @@
 """The chunked label log-prob path is exact against the plain one (full logits +
-``harness.batching.sequence_logps``): values, counts and gradients, fp32, to 1e-5 — relative
+``harness.modeling.forward.sequence_logps``): values, counts and gradients, fp32, to 1e-5 — relative
 to magnitudes above 1 (:func:`err`): a per-row sum of ~150 nats has an fp32 spacing of 1.5e-5,
 so an absolute 1e-5 would demand better than one ulp; any real error (a lost chunk, a shifted
 label) is whole nats.
@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from harness.batching import sequence_logps
+from harness.modeling.forward import sequence_logps
 from harness.modeling.logprobs import (
     ChunkedLabelLogprob,
     chunked_unsupported_reason,

@@ -2,8 +2,8 @@
 token counts and gradients (fp32, 1e-5 relative above magnitude 1), keep attention inside each
 sequence, and the planner respects its budget.
 
-The padded reference is the training core's own ``harness.train.forward_segments`` on a
-``harness.batching.collate`` batch of chosen/rejected pairs of very different lengths.
+The padded reference is the training core's own ``harness.modeling.forward.forward_segments`` on a
+``harness.data.batching.collate`` batch of chosen/rejected pairs of very different lengths.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from harness.batching import collate
-from harness.data.packing import (
+from harness.data.batching import collate
+from harness.modeling.forward import forward_segments
+from harness.modeling.packing import (
     block_causal_mask,
     isolation_probe,
     pack_padded,
@@ -25,7 +26,6 @@ from harness.data.packing import (
     plan_packs,
     unpack,
 )
-from harness.train import forward_segments
 
 VOCAB = 384
 TOL = 1e-5
@@ -161,7 +161,7 @@ def test_probe_catches_a_leaking_mechanism(monkeypatch):
     """A model on which position_ids-based packing would leak (simulated by also passing a 2D
     all-ones mask, which turns transformers' packed-sequence detection off) gets the explicit
     block-diagonal mask instead."""
-    import harness.data.packing as packing
+    import harness.modeling.packing as packing
 
     real = packing._forward_kwargs
 

@@ -1,6 +1,6 @@
 """Log-probs of the given next tokens without the [N, V] logits ever existing whole.
 
-Why: the plain path (``harness.batching.sequence_logps`` on the model's logits) holds
+Why: the plain path (``harness.modeling.forward.sequence_logps`` on the model's logits) holds
 ``[rows, T, V]`` logits, their fp32 copy and the log-softmax temporaries at once.  For a DPO
 micro-batch of 4 pairs (8 rows) × 2048 tokens on Qwen2.5's 151,936-token vocabulary that is
 16,384 × 151,936 × 4 B ≈ 10 GB per fp32 copy (plus the bf16 logits, 5 GB, and the same again
@@ -332,7 +332,7 @@ def _call(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | No
 
 def plain_token_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Per-position next-token log-probs [B, T-1], zero where ``loss_mask[:, 1:]`` is 0 — the
-    arithmetic of ``harness.batching.sequence_logps`` before its row sum."""
+    arithmetic of ``harness.modeling.forward.sequence_logps`` before its row sum."""
     logits = logits[:, :-1].float()
     labels = input_ids[:, 1:]
     mask = loss_mask[:, 1:].to(logits.dtype)

@@ -88,7 +88,7 @@ class PackedBatch:
 
 def pack_sequences(sequences: Sequence[dict[str, Any]]) -> PackedBatch:
     """Pack tokenised segments (``{"input_ids": [...], "prompt_len": int}``, the shape
-    ``harness.batching`` produces) into one row, in the given order.  Built on the CPU, like
+    ``harness.data.batching`` produces) into one row, in the given order.  Built on the CPU, like
     ``collate``; move it with :meth:`PackedBatch.to`."""
     ids: list[int] = []
     pos: list[int] = []
@@ -115,7 +115,7 @@ def pack_sequences(sequences: Sequence[dict[str, Any]]) -> PackedBatch:
 
 
 def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor) -> PackedBatch:
-    """A right-padded batch (``harness.batching.collate``'s ``Batch`` tensors) as one packed row;
+    """A right-padded batch (``harness.data.batching.collate``'s ``Batch`` tensors) as one packed row;
     sequence i of the pack is row i of the batch, so results map back row for row."""
     lengths = attention_mask.sum(dim=1).tolist()
     expected = torch.arange(input_ids.shape[1], device=attention_mask.device)[None, :] < attention_mask.sum(1, keepdim=True)
