@@ -26,16 +26,14 @@ from harness.sweeps.spec import (
     ATTR_HEARTBEAT,
     arm_state,
     device_slots,
-    ensure_studies,
     load_sweep,
     lookup_metric,
-    parse_storage,
     search_space_fn,
     sweep_status,
-    transition_lock,
     trial_raw,
     within_budget,
 )
+from harness.sweeps.storage import ensure_studies, parse_storage, transition_lock
 from harness.sweeps.worker import reap_stale
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -106,7 +106,7 @@ def quickstart(
     import time
 
     from harness.cli.sweep import run_sweep_here
-    from harness.core.config import ConfigError
+    from harness.core.config import ConfigError, RunSpec
     from harness.reporting.report import write_report
     from harness.store.cache import cache_root
     from harness.sweeps.spec import load_sweep
@@ -121,8 +121,10 @@ def quickstart(
         fail(str(e))
     from harness.core.config import merge_raw
 
-    model = str(merge_raw(sw.base, {}).get("model", {}).get("name_or_path", "toy"))
-    console.print(f"[bold]1/3[/] toy world and SFT base ({model}): built once, then cached in {cache_root()}")
+    base = merge_raw(sw.base, {})
+    # a built-in world's base model (the data world's default when the spec names none)
+    model = str(base.get("model", {}).get("name_or_path") or base.get("data", {}).get("source") or RunSpec().data.source)
+    console.print(f"[bold]1/3[/] world and SFT base ({model}): built once, then cached in {cache_root()}")
     path = ensure_model(model)
     console.print(f"    base model: {path}  ({time.perf_counter() - t0:.0f}s)", highlight=False)
     console.print("[bold]2/3[/] sweep: every method tuned with the same budget, each trial trained and evaluated")

@@ -96,7 +96,8 @@ def run_sweep_here(sweep: Any, slots: int | None, devices: str | None, max_trial
     """What ``harness sweep SPEC`` does (and the quickstart): describe, create the studies once,
     work through the trials here, then print the status table."""
     from harness.core.config import ConfigError
-    from harness.sweeps.spec import ensure_studies, sweep_status
+    from harness.sweeps.spec import sweep_status
+    from harness.sweeps.storage import ensure_studies
 
     _describe(sweep)
     try:

@@ -13,6 +13,7 @@ from the pure functions in ``harness.core.losses``.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import pkgutil
 from dataclasses import dataclass, field
 from enum import Enum
@@ -135,8 +136,19 @@ def register_method(cls: Any) -> Any:
 _loaded = False
 
 
+#: the entry-point group through which installed packages add methods
+ENTRY_POINT_GROUP = "align_harness.methods"
+
+
 def load_methods() -> None:
-    """Import every module of the ``methods`` package so their decorators run."""
+    """Import every module of the ``methods`` package, then every ``align_harness.methods``
+    entry point of installed packages, so their ``@register_method`` decorators run.
+
+    A package adds a method without editing this repository::
+
+        [project.entry-points."align_harness.methods"]
+        my_method = "my_package.my_method"      # a module with a @register_method class
+    """
     global _loaded
     if _loaded:
         return
@@ -145,6 +157,11 @@ def load_methods() -> None:
     for info in pkgutil.iter_modules(methods.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"methods.{info.name}")
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:
+            raise ImportError(f"method plugin {ep.name!r} ({ep.value}) failed to import: {type(e).__name__}: {e}") from e
     _loaded = True
 
 

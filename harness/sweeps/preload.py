@@ -14,11 +14,11 @@ import time
 
 _t0 = time.time()
 
-from harness.sweeps.trial import _preload, _redirect  # noqa: E402
+from harness.sweeps.bootstrap import preload_imports, redirect_output  # noqa: E402
 
 # import-time chatter (library warnings) goes to the worker's log, not the user's terminal
-_redirect(os.environ.get("HARNESS_FORKSERVER_LOG"))
-_preload()
+redirect_output(os.environ.get("HARNESS_FORKSERVER_LOG"))
+preload_imports()
 
 #: seconds the imports took (reported as the trials' ``import_s``, paid once per worker)
 IMPORT_S = time.time() - _t0

@@ -26,31 +26,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from harness.sweeps.bootstrap import preload_imports, redirect_output
+
 _T_PROCESS = time.time()
-
-
-def _preload() -> None:
-    """Import what every trial needs (the fork server runs this once; forked trials inherit it)."""
-    import optuna  # noqa: F401
-
-    import harness.training.runner  # noqa: F401  (torch, accelerate, the store, the methods)
-    from harness.core.contract import load_methods
-
-    load_methods()
-    try:  # transformers imports lazily: touch what a run will use
-        import transformers
-
-        for name in ("AutoModelForCausalLM", "AutoTokenizer", "get_scheduler"):
-            getattr(transformers, name)
-        import accelerate  # noqa: F401
-        import peft  # noqa: F401
-    except Exception:
-        pass
-    try:
-        import harness.data.load  # noqa: F401
-        import harness.evaluation.evaluate  # noqa: F401
-    except Exception:
-        pass
 
 
 def _write_json(path: str | Path, obj: Any) -> None:
@@ -99,7 +77,8 @@ class _Reporter:
             import optuna
 
             from harness.core.config import build
-            from harness.sweeps.spec import PrunerSpec, StorageRef, make_pruner
+            from harness.sweeps.spec import PrunerSpec, make_pruner
+            from harness.sweeps.storage import StorageRef
 
             storage = StorageRef(job["storage_kind"], job["storage"]).open()
             pruner = make_pruner(build(PrunerSpec, p, "pruner"), job.get("max_steps"))
@@ -234,22 +213,10 @@ def _watch_worker() -> None:
     threading.Thread(target=watch, name="worker-watchdog", daemon=True).start()
 
 
-def _redirect(path: str | None) -> None:
-    """Send this process's stdout and stderr (Python's and C's) to ``path``."""
-    if not path:
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
 def _run_file(job_path: str, t_start: float, import_s: float) -> int:
     job = json.loads(Path(job_path).read_text())
     if _rank() == 0:
-        _redirect(job.get("log"))
+        redirect_output(job.get("log"))
     print(f"[trial {job['trial_number']} of {job['study_name']}] pid {os.getpid()} "
           f"devices={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}", flush=True)
     result = run_job(job, t_start, import_s)
@@ -262,7 +229,7 @@ def _run_file(job_path: str, t_start: float, import_s: float) -> int:
 def forked_main(job_path: str, env: dict[str, str]) -> None:
     """Entry of a trial forked from the worker's fork server (imports already paid there)."""
     t_start = time.time()
-    _redirect(json.loads(Path(job_path).read_text()).get("log"))
+    redirect_output(json.loads(Path(job_path).read_text()).get("log"))
     os.environ.update(env)  # before anything touches CUDA: the fork server never initialises it
     _watch_worker()
     if env.get("OMP_NUM_THREADS"):
@@ -285,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job_path = argv[argv.index("--job") + 1]
     try:
-        _preload()
+        preload_imports()
     except KeyboardInterrupt:
         return 130
     return _run_file(job_path, _T_PROCESS, time.time() - _T_PROCESS)

@@ -54,15 +54,13 @@ from harness.sweeps.spec import (
     Arm,
     Sweep,
     arm_state,
-    enqueue_retry,
-    ensure_studies,
     make_sampler,
     search_space_fn,
     summary_keys,
-    transition_lock,
     trial_raw,
     within_budget,
 )
+from harness.sweeps.storage import enqueue_retry, ensure_studies, transition_lock
 
 #: runs the accelerate launcher so that it, too, dies with the worker (exec keeps the death signal)
 _GUARDED_EXEC = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGKILL); "

@@ -184,14 +184,17 @@ def load_worlds() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     import harness.worlds as pkg
 
     for info in pkgutil.iter_modules(pkg.__path__):
         if not info.name.startswith("_") and info.name != "base":
             importlib.import_module(f"harness.worlds.{info.name}")
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()  # the module's @register_world runs on import
+        try:
+            ep.load()  # the module's @register_world runs on import
+        except Exception as e:
+            raise ImportError(f"world plugin {ep.name!r} ({ep.value}) failed to import: {type(e).__name__}: {e}") from e
+    _loaded = True
 
 
 _instances: dict[tuple[str, WorldOptions], Any] = {}
