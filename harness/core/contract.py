@@ -71,6 +71,11 @@ class SeqOut:
     score: torch.Tensor | None = None
     #: desirable flags of unpaired data (KTO), else None
     label: torch.Tensor | None = None
+    #: [B, Lc] log-prob of each completion token (entry j = the j-th completion token), when
+    #: the adapter asks for token-level values (``token_level = True``), else None
+    token_logps: torch.Tensor | None = None
+    #: [B, Lc] bool, True where row r has a j-th completion token
+    token_mask: torch.Tensor | None = None
 
     @property
     def mean_logps(self) -> torch.Tensor:

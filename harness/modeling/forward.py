@@ -15,22 +15,43 @@ from harness.core.contract import SeqOut
 from harness.data.batching import Batch
 
 
-def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of next-token log-probs over completion positions, and their count, per row.
-
-    Computed in float32 whatever the autocast dtype, with ``log_softmax`` at the gathered
-    positions only through ``logsumexp`` to keep memory at O(B·T·V) once.
-    """
+def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probs at every position, [B, T-1] in float32 whatever the autocast dtype;
+    ``log_softmax`` only at the gathered labels (through ``logsumexp``)."""
     logits = logits[:, :-1].float()
-    labels = input_ids[:, 1:]
-    mask = loss_mask[:, 1:].to(logits.dtype)
-    picked = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1)
-    token_logps = picked - torch.logsumexp(logits, dim=-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+    picked = torch.gather(logits, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
 
 
-def forward_segments(model: Any, batch: Batch, model_kind: str) -> dict[str, SeqOut]:
+def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of next-token log-probs over completion positions, and their count, per row."""
+    mask = loss_mask[:, 1:].float()
+    return (token_logps(logits, input_ids) * mask).sum(-1), mask.sum(-1)
+
+
+def completion_space(per_position: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position values [B, T-1] (position t predicts token t+1) -> per completion token [B, Lc].
+
+    Entry j of row r belongs to the j-th completion token of row r, whatever the row's prompt
+    length or padding, so values computed in different batches (rollout time, each PPO
+    epoch's micro-batches, the reference) line up token by token.  Returns (values, mask).
+    """
+    target = loss_mask[:, 1:].bool()
+    counts = target.sum(-1)
+    width = int(counts.max()) if counts.numel() else 0
+    first = target.float().argmax(dim=1)
+    j = torch.arange(width, device=per_position.device)
+    index = (first.unsqueeze(1) + j).clamp(max=max(per_position.shape[1] - 1, 0))
+    mask = j.unsqueeze(0) < counts.unsqueeze(1)
+    values = torch.gather(per_position, 1, index) * mask
+    return values, mask
+
+
+def forward_segments(model: Any, batch: Batch, model_kind: str, tokens: bool = False) -> dict[str, SeqOut]:
     """One forward over all segments of the batch; results split back per segment.
+
+    ``tokens=True`` also returns each completion token's log-prob (``SeqOut.token_logps``,
+    completion space, see :func:`completion_space`) for token-level objectives (PPO, GRPO).
 
     Causal LMs project to the vocabulary only from the first position that predicts a
     completion token (``logits_to_keep``): the [rows, T, V] logits are the memory peak on
@@ -56,8 +77,14 @@ def forward_segments(model: Any, batch: Batch, model_kind: str) -> dict[str, Seq
     except TypeError:  # a model class without logits_to_keep (remote code): project everything
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         start = 0
-    logps, counts = sequence_logps(out.logits, batch.input_ids[:, start:], batch.loss_mask[:, start:])
+    per_pos = token_logps(out.logits, batch.input_ids[:, start:])
+    lmask = batch.loss_mask[:, start:]
+    mask = lmask[:, 1:].float()
+    logps, counts = (per_pos * mask).sum(-1), mask.sum(-1)
+    tok, tmask = completion_space(per_pos, lmask) if tokens else (None, None)
     for s, name in enumerate(batch.segments):
         sl = slice(s * n, (s + 1) * n)
-        result[name] = SeqOut(logps[sl], counts[sl], label=batch.label if name == "completion" else None)
+        result[name] = SeqOut(logps[sl], counts[sl], label=batch.label if name == "completion" else None,
+                              token_logps=tok[sl] if tok is not None else None,
+                              token_mask=tmask[sl] if tmask is not None else None)
     return result
