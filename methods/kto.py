@@ -40,10 +40,21 @@ class KTO:
     def search_space(self, trial: Any) -> dict[str, Any]:
         return suggest_beta_lr(trial)
 
+    #: z0 is a statistic of the whole optimizer step: the core sums these over every
+    #: micro-batch and process first (one no-grad forward of the KL rows), so that gradient
+    #: accumulation and data parallelism give exactly the one-big-batch value
+    step_statistics_segments = ("kl",)
+
+    def step_statistics(self, hp, policy, reference):
+        return {"kl_sum": (policy["kl"].logps - reference["kl"]).sum(), "kl_count": policy["kl"].logps.new_tensor(
+            float(policy["kl"].logps.numel()))}
+
     def objective(self, hp, policy, reference, norm):
         comp, kl_seg = policy["completion"], policy["kl"]
-        # the micro-batch's mismatched pairs estimate the reference point z0 (as in TRL)
-        kl = kto_kl_estimate(kl_seg.logps, reference["kl"])
+        if "step:kl_sum" in reference:
+            kl = (reference["step:kl_sum"] / reference["step:kl_count"]).clamp(min=0).to(comp.logps.dtype)
+        else:  # a lone micro-batch (unit tests): its own mismatched pairs estimate z0
+            kl = kto_kl_estimate(kl_seg.logps, reference["kl"])
         desirable = comp.label
         if desirable is None:
             raise ValueError("kto needs desirable labels on the completion segment")

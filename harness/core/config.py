@@ -237,6 +237,33 @@ class EvalSpec:
 
 
 @dataclass
+class RewardSpec:
+    """Where online methods' rewards come from (``reward=...``; offline methods ignore it)."""
+
+    #: ``gold`` (the data world's gold scorer), a reward model (a ``method=reward`` run dir, a model
+    #: dir or hub id), ``judge:<openai|hf|reward_model>:<model>`` (a pairwise annotator, for
+    #: pairwise methods such as online-dpo), or ``module:function`` (``f(prompts, completions) -> scores``)
+    source: str = "gold"
+    #: completions scored per call of a local reward model / judge
+    batch_size: int = 32
+    #: judge: OpenAI-compatible endpoint and the environment variable holding its key
+    judge_base_url: str = "https://api.openai.com/v1"
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    #: judge: retries of a failed call (HTTP 5xx, 429, timeouts) before the run fails
+    judge_max_retries: int = 5
+    judge_workers: int = 4
+
+    def validate(self) -> None:
+        if not self.source:
+            raise ValueError("source is empty; use gold, a reward model path, judge:<backend>:<model> or module:function")
+        for name in ("batch_size", "judge_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.judge_max_retries < 0:
+            raise ValueError(f"judge_max_retries must be >= 0, got {self.judge_max_retries}")
+
+
+@dataclass
 class TrackingSpec:
     #: "auto" follows W&B's own settings (WANDB_MODE, login): online if logged in, else offline
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
@@ -255,6 +282,7 @@ class RunSpec:
     peft: PeftSpec = field(default_factory=PeftSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    reward: RewardSpec = field(default_factory=RewardSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     seed: int = 0
     #: run name; None picks ``<method>-<NNNN>``
@@ -274,6 +302,7 @@ SECTION_SHORTHAND = {
     "data": "source",
     "method": "name",
     "peft": "kind",
+    "reward": "source",
 }
 
 

@@ -76,6 +76,8 @@ class SeqOut:
     token_logps: torch.Tensor | None = None
     #: [B, Lc] bool, True where row r has a j-th completion token
     token_mask: torch.Tensor | None = None
+    #: [B, Lc] value estimate before each completion token (online methods with a critic), else None
+    values: torch.Tensor | None = None
 
     @property
     def mean_logps(self) -> torch.Tensor:
@@ -99,8 +101,65 @@ class ObjectiveOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RolloutPlan:
+    """How an online method's rollout stage samples and what it hands back (``adapter.rollout_plan``).
+
+    Each rollout samples ``samples_per_prompt`` completions for every prompt of the cycle from
+    the current policy, scores them with the run's reward source, computes the old policy's
+    (and, with ``reference_logps``, the reference's) per-token log-probs, and is then used for
+    ``updates`` optimizer steps (PPO's epochs x minibatches, GRPO's iterations).
+    """
+
+    samples_per_prompt: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    #: "scalar": every completion gets a score; "pairwise": two completions of a prompt become a
+    #: (chosen, rejected) pair by the annotator's preference (OAIF)
+    reward: str = "scalar"
+    #: optimizer steps per rollout: passes over the rollout x minibatches per pass
+    epochs: int = 1
+    minibatches: int = 1
+    #: per-token reference log-probs of the samples (KL penalties / estimators)
+    reference_logps: bool = True
+    #: a value model (critic) is trained beside the policy (PPO)
+    critic: bool = False
+
+    @property
+    def updates(self) -> int:
+        return self.epochs * self.minibatches
+
+
+@dataclass
+class Rollout:
+    """One rollout of this process: N = prompts x samples_per_prompt scored completions,
+    grouped by prompt (the samples of prompt i are consecutive).  Per-token tensors are in
+    completion space ([N, Lc], entry j = the j-th completion token, ``mask`` marks real tokens)."""
+
+    scores: torch.Tensor
+    mask: torch.Tensor
+    logps: torch.Tensor
+    ref_logps: torch.Tensor | None
+    values: torch.Tensor | None
+    group_size: int
+    #: sums a tensor over all processes (identity on one): for global means / variances
+    all_reduce: Any = None
+
+
 @runtime_checkable
 class MethodAdapter(Protocol):
+    """A method: capability attributes the core reads, and an objective on log-probs.
+
+    Optional capabilities (class attributes, default off): ``token_level = True`` asks for
+    per-token log-probs (``SeqOut.token_logps``); an *online* method (``data_kind = PROMPT``)
+    also defines ``rollout_plan(hp) -> RolloutPlan`` and, for scalar rewards,
+    ``advantages(hp, rollout, state) -> dict[str, Tensor]`` (per sample tensors handed to
+    ``objective`` as its third argument, sliced per micro-batch; ``state`` is a dict kept
+    across rollouts and saved in checkpoints, e.g. an adaptive KL coefficient).  For offline
+    methods the third argument holds the cached reference log-probs.
+    """
+
     name: ClassVar[str]
     paper: ClassVar[Paper]
     data_kind: ClassVar[DataKind]

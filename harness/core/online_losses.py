@@ -23,6 +23,7 @@ GRPOTrainer / RLOOTrainer).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -99,6 +100,36 @@ def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: 
     (x,) = _fill(mask, x)
     mean = masked_mean(x, mask)
     var = masked_var(x, mask, unbiased=True)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(_bool(mask), out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def global_moments(x: Tensor, mask: Tensor, all_reduce: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased variance of the masked entries of ``x`` over every process:
+    ``all_reduce`` sums a tensor across processes (None on one process), so the statistics
+    of a data-parallel rollout are those of the whole batch, not of each process's share."""
+    m = _bool(mask)
+    (x,) = _fill(m, x)
+    xd = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device)).double()
+    s = torch.stack([xd.sum(), (xd * xd).sum(), m.sum().double()])
+    if all_reduce is not None:
+        s = all_reduce(s)
+    n = s[2]
+    if float(n) < 2:
+        raise ValueError(f"global_moments needs at least 2 unmasked entries, got {int(n)}")
+    mean = s[0] / n
+    var = (s[1] - n * mean * mean).clamp(min=0) / (n - 1)
+    return mean.to(x.dtype), var.to(x.dtype)
+
+
+def global_whiten(x: Tensor, mask: Tensor, all_reduce: Callable[[Tensor], Tensor] | None = None,
+                  shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """:func:`whiten` with the moments of the whole data-parallel batch (:func:`global_moments`);
+    on one process it equals :func:`whiten` (tested)."""
+    mean, var = global_moments(x, mask, all_reduce)
+    (x,) = _fill(mask, x)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

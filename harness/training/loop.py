@@ -28,12 +28,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from harness.core.contract import SEGMENTS, MethodAdapter, Normalizer
-from harness.data.batching import collate
+from harness.data.batching import Batch, collate
+from harness.modeling.critic import token_values
 from harness.modeling.forward import forward_segments
 from harness.store.runs import Run, atomic_write_json
 
@@ -65,6 +66,8 @@ class TrainResult:
     trainable_params: int
     total_params: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: why training ended before total_steps (an annotation budget), else None
+    stopped_early: str | None = None
 
 
 # --------------------------------------------------------------------------- the loop
@@ -124,6 +127,112 @@ def total_steps_for(n_examples: int, batch_size: int, grad_accum: int, processes
     return max_steps if max_steps is not None else epochs * (n_examples // per_step)
 
 
+# --------------------------------------------------------------------------- where a step's batches come from
+
+
+@dataclass
+class StepBatches:
+    """This process's micro-batches of one optimizer step and what goes with them."""
+
+    batches: list[Batch]
+    #: per micro-batch, tensors handed to the objective as its third argument (cached reference
+    #: log-probs of offline methods; rollout tensors of online ones); None when there are none
+    given: list[dict[str, torch.Tensor] | None]
+    #: global counts of the whole step (all micro-batches, all processes)
+    norm: Normalizer
+    #: step-level values to log (rollout reward statistics, generation time)
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: seconds of this step spent outside training (generation and scoring), excluded from train time
+    outside_s: float = 0.0
+    #: auxiliary SFT micro-batches (PPO-ptx), one per micro-batch, weighted by ``aux_coef``
+    aux: list[Batch] = field(default_factory=list)
+    aux_coef: float = 0.0
+
+
+class StopTraining(Exception):
+    """A clean early stop (an online run's annotation budget is spent): the steps done are kept."""
+
+
+class StepSource(Protocol):
+    """What the loop asks for each optimizer step: fixed data (offline) or fresh rollouts (online)."""
+
+    def step(self, step: int) -> StepBatches: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class OfflineSource:
+    """Step ``k`` = a fixed slice of a per-epoch permutation seeded by ``(seed, epoch)``, so
+    resuming from a checkpoint replays exactly the same batches; each process takes its
+    ``grad_accum`` micro-batches of the step, and cached reference log-probs go with them."""
+
+    def __init__(self, examples: list[dict[str, Any]], reference: dict[str, torch.Tensor] | None,
+                 segments: tuple[str, ...], pad_id: int, batch_size: int, grad_accum: int, processes: int,
+                 rank: int, seed: int) -> None:
+        self.examples, self.reference, self.segments, self.pad_id = examples, reference, segments, pad_id
+        self.batch_size, self.grad_accum, self.rank, self.seed = batch_size, grad_accum, rank, seed
+        self.per_step = batch_size * grad_accum * processes
+
+    def step(self, step: int) -> StepBatches:
+        idx = step_examples(len(self.examples), self.per_step, self.seed, step)
+        micro = [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        batches = [collate([self.examples[j] for j in m], self.pad_id, self.segments) for m in micro]
+        norm = Normalizer(sequences=len(idx), tokens={s: sum(b.n_tokens(s) for b in batches) for s in self.segments})
+        mine = batches[self.rank * self.grad_accum:(self.rank + 1) * self.grad_accum]
+        given: list[dict[str, torch.Tensor] | None] = [
+            None if self.reference is None else {s: self.reference[s][b.idx] for s in self.segments} for b in mine
+        ]
+        return StepBatches(mine, given, norm, {"epoch": (step + 1) * self.per_step / len(self.examples)})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def segment_rows(batch: Batch, name: str) -> Batch:
+    """The rows of one segment of a concatenated batch, as a batch of its own."""
+    s = batch.segments.index(name)
+    sl = slice(s * batch.size, (s + 1) * batch.size)
+    return Batch(batch.input_ids[sl], batch.attention_mask[sl], batch.loss_mask[sl], (name,), batch.size,
+                 batch.idx, batch.label)
+
+
+@torch.no_grad()
+def step_statistics(adapter: MethodAdapter, hp: Any, model: Any, batches: list[Batch],
+                    given: list[dict[str, torch.Tensor] | None], accelerator: Any | None,
+                    device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Statistics an objective needs over the WHOLE step before any loss (KTO's KL reference
+    point z0): the adapter's per-micro-batch sums, added over micro-batches and processes, so
+    2 x 4 micro-batches and 2 processes x 4 give exactly the value of 1 x 8."""
+    segs = tuple(getattr(adapter, "step_statistics_segments", ()))
+    totals: dict[str, torch.Tensor] = {}
+    device = accelerator.device if accelerator is not None else device
+    for batch, g in zip(batches, given):
+        batch = batch.to(device)
+        rows = {s: forward_segments(model, segment_rows(batch, s), adapter.model_kind)[s] for s in segs}
+        for k, v in adapter.step_statistics(hp, rows, _to(g, device)).items():
+            totals[k] = totals.get(k, 0) + v.detach().double()
+    # accelerator=None: a statistic of data every process holds whole (held-out evaluation)
+    return {f"step:{k}": _all_sum(v, accelerator) if accelerator is not None else v for k, v in sorted(totals.items())}
+
+
+def _all_sum(x: torch.Tensor, accelerator: Any) -> torch.Tensor:
+    if accelerator.num_processes == 1:
+        return x
+    return accelerator.reduce(x.to(accelerator.device).contiguous(), reduction="sum")
+
+
+def _to(g: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, torch.Tensor] | None:
+    return None if g is None else {k: v.to(device) for k, v in g.items()}
+
+
 def train(
     *,
     adapter: MethodAdapter,
@@ -131,22 +240,27 @@ def train(
     model: Any,
     accelerator: Any,
     cfg: LoopConfig,
-    train_examples: list[dict[str, Any]],
+    source: Any,
     eval_examples: list[dict[str, Any]],
     pad_id: int,
-    reference: dict[str, torch.Tensor] | None,
     eval_reference: dict[str, torch.Tensor] | None,
     run: Run,
     resume_from: Path | None = None,
     hooks: TrainHooks | None = None,
+    critic: Any = None,
+    critic_lr: float | None = None,
 ) -> TrainResult:
+    """Run ``cfg.total_steps`` optimizer steps of ``adapter``'s objective on batches from ``source``.
+
+    ``source`` is an :class:`OfflineSource` or an online rollout source with a ``bind(model,
+    critic)`` method; ``critic`` (PPO's value model) is trained beside the policy in the same
+    optimizer (its own learning rate ``critic_lr``)."""
     from transformers import get_scheduler
 
     hooks = hooks or TrainHooks()
-    segments = SEGMENTS[adapter.data_kind]
     device = accelerator.device
-    P, rank = accelerator.num_processes, accelerator.process_index
-    per_step = cfg.batch_size * cfg.grad_accum * P
+    P = accelerator.num_processes
+    token_level = bool(getattr(adapter, "token_level", False))
 
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
@@ -155,15 +269,23 @@ def train(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
-    params = [p for p in model.parameters() if p.requires_grad]
     trainable, total = count_params(model)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if critic is not None:
+        groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "lr": critic_lr or cfg.lr})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", optimizer,
         num_warmup_steps=int(cfg.warmup_ratio * cfg.total_steps), num_training_steps=cfg.total_steps,
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if critic is not None:
+        model, critic, optimizer, scheduler = accelerator.prepare(model, critic, optimizer, scheduler)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
+    if hasattr(source, "bind"):
+        source.bind(accelerator.unwrap_model(model), critic)
+    trained = [model] + ([critic] if critic is not None else [])
 
     start_step = 0
     history: list[dict[str, Any]] = []
@@ -171,12 +293,17 @@ def train(
         accelerator.load_state(str(resume_from))
         state = json.loads((resume_from / "trainer_state.json").read_text())
         start_step = int(state["step"])
+        src_state = resume_from / f"source_state-{accelerator.process_index}.pt"
+        if src_state.exists():
+            source.load_state_dict(torch.load(src_state, weights_only=False))
 
     losses: list[float] = []
     last_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
     tokens = 0
     t_train = 0.0
+    stopped: str | None = None
+    done = start_step
     bar = None
     if cfg.progress and accelerator.is_main_process:
         from tqdm.auto import tqdm
@@ -188,49 +315,66 @@ def train(
         if step == start_step and hooks.on_first_step is not None:
             hooks.on_first_step()
         t0 = time.perf_counter()
-        idx = step_examples(len(train_examples), per_step, cfg.seed, step)
-        micro = [idx[i:i + cfg.batch_size] for i in range(0, len(idx), cfg.batch_size)]
-        batches = [collate([train_examples[j] for j in m], pad_id, segments) for m in micro]
-        norm = Normalizer(
-            sequences=len(idx),
-            tokens={s: sum(b.n_tokens(s) for b in batches) for s in segments},
-        )
-        mine = batches[rank * cfg.grad_accum:(rank + 1) * cfg.grad_accum]
-        step_loss = 0.0
-        sums: dict[str, float] = {}
+        try:
+            sb = source.step(step)
+        except StopTraining as e:
+            stopped = str(e)
+            break
+        stats = (step_statistics(adapter, hp, model, sb.batches, sb.given, accelerator)
+                 if hasattr(adapter, "step_statistics") else {})
+        step_loss = torch.zeros((), dtype=torch.float64)
+        sums: dict[str, torch.Tensor] = {}
         n_seen = 0
-        for k, batch in enumerate(mine):
+        step_tokens = 0
+        for k, (batch, g) in enumerate(zip(sb.batches, sb.given)):
             batch = batch.to(device)
-            ref = None
-            if reference is not None:
-                ref = {s: reference[s][batch.idx.cpu()].to(device) for s in segments}
-            sync = k == len(mine) - 1
-            ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+            given = _to(g, device)
+            if stats:
+                given = {**(given or {}), **stats}
+            sync = k == len(sb.batches) - 1
+            ctx = contextlib.ExitStack()
+            if not sync:
+                for m in trained:
+                    ctx.enter_context(accelerator.no_sync(m))
             with ctx:
-                policy = forward_segments(model, batch, adapter.model_kind)
-                out = adapter.objective(hp, policy, ref, norm)
-                loss = out.loss * P  # DDP averages gradients over processes
-                accelerator.backward(loss)
-            step_loss += float(out.loss.detach())
+                policy = forward_segments(model, batch, adapter.model_kind, tokens=token_level)
+                if critic is not None:
+                    policy["completion"].values = token_values(critic, batch)[0]
+                out = adapter.objective(hp, policy, given, sb.norm)
+                loss = out.loss
+                if sb.aux:
+                    aux = sb.aux[k].to(device)
+                    nll = -forward_segments(model, aux, "causal_lm")["completion"].logps.sum()
+                    loss = loss + sb.aux_coef * nll / max(sb.norm.tokens.get("aux", 1), 1)
+                accelerator.backward(loss * P)  # DDP averages gradients over processes
+            step_loss += loss.detach().double().cpu()
             for name, v in out.metrics.items():
-                sums[name] = sums.get(name, 0.0) + float(v.detach().float().sum())
+                sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + v.detach().double().sum().cpu()
             n_seen += batch.size
-            tokens += int(batch.attention_mask.sum())
-        if not math.isfinite(step_loss):
-            raise NonFiniteLoss(f"loss is {step_loss} at step {step + 1}; lower train.lr or check the data")
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+            step_tokens += int(batch.attention_mask.sum())
+        # every process reports the step's true totals, and all of them stop on a non-finite loss
+        packed = torch.stack([step_loss, torch.tensor(float(n_seen), dtype=torch.float64),
+                              torch.tensor(float(step_tokens), dtype=torch.float64), *[sums[k] for k in sorted(sums)]])
+        packed = _all_sum(packed, accelerator).double().cpu()
+        loss_value, n_all, tokens_all = float(packed[0]), float(packed[1]), int(packed[2])
+        metric_values = {k: float(v) / max(n_all, 1.0) for k, v in zip(sorted(sums), packed[3:])}
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"loss is {loss_value} at step {step + 1}; lower train.lr or check the data")
+        params = [p for m in trained for p in m.parameters()]
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        t_train += time.perf_counter() - t0
-        losses.append(step_loss)
-        last_metrics = {"loss": step_loss, **{k: v / max(n_seen, 1) for k, v in sums.items()}}
+        t_train += time.perf_counter() - t0 - sb.outside_s
+        tokens += tokens_all
+        losses.append(loss_value)
+        last_metrics = {"loss": loss_value, **metric_values}
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.total_steps:
             row = {
-                "step": done, **last_metrics, "lr": scheduler.get_last_lr()[0],
+                "step": done, **last_metrics, **sb.metrics, "lr": scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens_per_s": tokens / max(t_train, 1e-9), "epoch": done * per_step / len(train_examples),
+                "tokens_per_s": tokens / max(t_train, 1e-9),
             }
             history.append(row)
             if accelerator.is_main_process:
@@ -239,9 +383,11 @@ def train(
                 hooks.on_log(row)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens / max(t_train, 1e-9):,.0f}", refresh=False)
-        if cfg.eval_every and eval_examples and (done % cfg.eval_every == 0 or done == cfg.total_steps):
-            eval_metrics = evaluate_loss(adapter, hp, model, eval_examples, eval_reference, pad_id, cfg.batch_size, device)
+            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens / max(t_train, 1e-9):,.0f}", refresh=False)
+        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.total_steps):
+            eval_metrics = (evaluate_loss(adapter, hp, model, eval_examples, eval_reference, pad_id, cfg.batch_size,
+                                          device) if eval_examples else
+                            {k.removeprefix("rollout/"): v for k, v in sb.metrics.items() if k.startswith("rollout/")})
             row = {"step": done, **{f"eval/{k}": v for k, v in eval_metrics.items()}}
             history.append(row)
             if accelerator.is_main_process:
@@ -251,20 +397,24 @@ def train(
             if hooks.on_eval is not None:
                 hooks.on_eval(done, eval_metrics)
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.total_steps:
-            save_checkpoint(accelerator, run.path / "checkpoints" / f"step-{done}", done)
+            save_checkpoint(accelerator, run.path / "checkpoints" / f"step-{done}", done, source)
     if bar is not None:
         bar.close()
     return TrainResult(
-        steps=cfg.total_steps, losses=losses, final_metrics=last_metrics, eval_metrics=eval_metrics,
+        steps=done, losses=losses, final_metrics=last_metrics, eval_metrics=eval_metrics,
         train_time_s=t_train, tokens=tokens, tokens_per_s=tokens / max(t_train, 1e-9),
         peak_memory_mb=peak_memory_mb(device), trainable_params=trainable, total_params=total,
-        history=history,
+        history=history, stopped_early=stopped,
     )
 
 
-def save_checkpoint(accelerator: Any, path: Path, step: int) -> None:
+def save_checkpoint(accelerator: Any, path: Path, step: int, source: Any = None) -> None:
     accelerator.wait_for_everyone()
     accelerator.save_state(str(path))
+    state = source.state_dict() if source is not None else {}
+    if state:  # an online source's rollout buffer and method state, one file per process
+        torch.save(state, path / f"source_state-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # written last: a checkpoint without it is incomplete and never resumed from
         atomic_write_json(path / "trainer_state.json", {"step": step})
@@ -281,11 +431,16 @@ def evaluate_loss(
     model.eval()
     batches = [collate(examples[i:i + batch_size], pad_id, segments) for i in range(0, len(examples), batch_size)]
     norm = Normalizer(sequences=len(examples), tokens={s: sum(b.n_tokens(s) for b in batches) for s in segments})
+    given = [None if reference is None else {s: reference[s][b.idx] for s in segments} for b in batches]
+    stats = (step_statistics(adapter, hp, model, batches, given, None, device)
+             if hasattr(adapter, "step_statistics") else {})
     total = 0.0
     sums: dict[str, float] = {}
-    for batch in batches:
+    for batch, g in zip(batches, given):
         batch = batch.to(device)
-        ref = None if reference is None else {s: reference[s][batch.idx.cpu()].to(device) for s in segments}
+        ref = _to(g, device)
+        if stats:
+            ref = {**(ref or {}), **stats}
         out = adapter.objective(hp, forward_segments(model, batch, adapter.model_kind), ref, norm)
         total += float(out.loss)
         for k, v in out.metrics.items():

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,10 @@ from harness.modeling import peft_setup
 from harness.modeling.identity import weights_fingerprint
 from harness.store.cache import build_dir, cache_dir
 from harness.store.runs import Run, atomic_write_text
-from harness.training.loop import LoopConfig, TrainHooks, total_steps_for, train
+from harness.training.loop import LoopConfig, OfflineSource, TrainHooks, total_steps_for, train
+from harness.training.online import is_online, setup_online
 from harness.training.refcache import compute_reference_logps, reference_logps
+from harness.training.rewards import check_source
 from harness.worlds.base import (
     BaseModel,
     WorldError,
@@ -63,6 +65,8 @@ class Prepared:
     eval_examples: list[dict[str, Any]]
     data_desc: str
     n_skipped: int
+    #: the normalised training records (online methods read their prompts)
+    train_records: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- worlds' base models
@@ -182,6 +186,11 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
         check_eval_spec(spec, load_prompts=is_world(prompts) or looks_local(prompts))
     if spec.model.reference and not adapter.needs_reference:
         raise SpecError(f"model.reference is set but method {adapter.name!r} uses no reference model")
+    if is_online(adapter):
+        try:
+            check_source(spec, pairwise_method=bool(getattr(adapter, "pairwise", False)))
+        except ValueError as e:
+            raise SpecError(str(e)) from None
     peft_setup.check(spec, adapter.model_kind)
     return adapter
 
@@ -220,7 +229,7 @@ def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
     ref = model_path
     if spec.model.reference:
         ref = str(ensure_model(spec.model.reference, world_options(spec.data)) or spec.model.reference)
-    return Prepared(adapter, model_path, ref, tok, train_ex, eval_ex, loaded.source, loaded.n_skipped)
+    return Prepared(adapter, model_path, ref, tok, train_ex, eval_ex, loaded.source, loaded.n_skipped, records)
 
 
 def load_model(path: str, spec: RunSpec, model_kind: str, pad_id: int, with_peft: bool = True) -> Any:
@@ -358,10 +367,21 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
             peft_setup.register_checkpoint_hooks(accelerator)  # checkpoints hold the adapter only
         ref_train = ref_eval = None
         ref_info: dict[str, Any] = {}
-        if adapter.needs_reference:
-            ref_train, ref_eval, ref_info = compute_references(prep, spec, model, accelerator)
         t = spec.train
-        total = total_steps_for(len(prep.train_examples), t.batch_size, t.grad_accum, accelerator.num_processes, t.epochs, t.max_steps)
+        online = setup_online(prep, spec, model, accelerator, load_reference=functools.partial(
+            load_model, prep.reference_path, spec, "causal_lm", prep.tokenizer.pad_token_id, with_peft=False)
+        ) if is_online(adapter) else None
+        if online is not None:
+            source, critic, total = online.source, online.critic, online.total_steps
+        else:
+            if adapter.needs_reference:
+                ref_train, ref_eval, ref_info = compute_references(prep, spec, model, accelerator)
+            total = total_steps_for(len(prep.train_examples), t.batch_size, t.grad_accum, accelerator.num_processes,
+                                    t.epochs, t.max_steps)
+            source = OfflineSource(prep.train_examples, ref_train, SEGMENTS[adapter.data_kind],
+                                   prep.tokenizer.pad_token_id, t.batch_size, t.grad_accum,
+                                   accelerator.num_processes, accelerator.process_index, spec.seed)
+            critic = None
         cfg = LoopConfig(
             lr=t.lr, schedule=t.schedule, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
             max_grad_norm=t.max_grad_norm, batch_size=t.batch_size, grad_accum=t.grad_accum, total_steps=total,
@@ -369,10 +389,14 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
             eval_every=t.eval_every, save_every=t.save_every, seed=spec.seed, progress=t.progress,
         )
         result = train(
-            adapter=adapter, hp=spec.method.hp, model=model, accelerator=accelerator, cfg=cfg,
-            train_examples=prep.train_examples, eval_examples=prep.eval_examples, pad_id=prep.tokenizer.pad_token_id,
-            reference=ref_train, eval_reference=ref_eval, run=run, resume_from=resume, hooks=hooks,
+            adapter=adapter, hp=spec.method.hp, model=model, accelerator=accelerator, cfg=cfg, source=source,
+            eval_examples=[] if online is not None else prep.eval_examples, pad_id=prep.tokenizer.pad_token_id,
+            eval_reference=ref_eval, run=run, resume_from=resume, hooks=hooks, critic=critic,
+            critic_lr=getattr(spec.method.hp, "value_lr", None),
         )
+        if result.steps == 0:
+            raise RuntimeError(f"no optimizer step was taken ({result.stopped_early or 'nothing to train on'}); "
+                               "nothing was saved as final")
         t_after = time.perf_counter()
         unwrapped = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
@@ -392,6 +416,10 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
             "reference_cache": ref_info, "setup_time_s": timing.get("setup_time_s"),
             "device": str(accelerator.device),
         }
+        if result.stopped_early:
+            summary["stopped_early"] = result.stopped_early
+        if online is not None:
+            summary["online"] = online.summary()
         # adapter runs: parameterisation, and counts with 4-bit weights unpacked
         summary.update(peft_setup.summary_fields(unwrapped, spec, prep.model_path))
         if spec.eval.enabled:

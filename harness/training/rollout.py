@@ -1,0 +1,317 @@
+"""The rollout stage of online methods: generate -> score -> old/reference log-probs -> advantages.
+
+    harness run method=grpo reward=gold method.group_size=8
+    harness run method=ppo reward=runs/reward-0001
+
+:class:`RolloutSource` is the online counterpart of :class:`harness.training.loop.OfflineSource`:
+the training loop asks it for each optimizer step's micro-batches, and it answers from a
+rollout buffer that it refills every ``plan.updates`` steps.  A refill, for this process's
+share of the cycle's prompts:
+
+1. **generate** ``samples_per_prompt`` completions per prompt with the current policy
+   (:func:`harness.modeling.generation.generate`: batched, KV cache, seeded per cycle and
+   process, so a resumed run draws the same samples);
+2. **score** them with the run's reward source (:mod:`harness.training.rewards`); pairwise
+   methods (OAIF) turn the two samples of a prompt into a (chosen, rejected) pair by the
+   annotator's preference;
+3. compute the **old policy's** per-token log-probs, the **reference's** (the starting
+   weights: a frozen copy, or the base with the adapter disabled under PEFT) and, with a
+   critic, the **values**, all in completion space (entry j = the j-th completion token);
+4. hand them to the method's ``advantages`` (scalar rewards) and keep the per-sample tensors.
+
+Each optimizer step of the cycle then takes one minibatch of the buffer (a fresh seeded
+shuffle per pass over it), split into ``grad_accum`` micro-batches, with global counts
+(all processes) for the objective's normalisation.  Generation, scoring and optimisation
+stay separate parts; their times are logged separately (``time/generation_s``, ...).
+The buffer and the method's state (e.g. an adaptive KL coefficient) are saved with every
+checkpoint, so resuming mid-cycle continues with the same samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from harness.core.contract import MethodAdapter, Normalizer, Rollout, RolloutPlan
+from harness.data.batching import Batch, collate
+from harness.modeling.critic import token_values
+from harness.modeling.forward import forward_segments
+from harness.modeling.generation import SamplingParams, generate, prompt_text
+from harness.training.loop import StepBatches, StopTraining, step_examples
+from harness.training.rewards import AnnotationBudgetExhausted
+
+
+def disable_dropout(model: Any) -> None:
+    """Online objectives compare log-probs of the same tokens under the sampling policy and the
+    policy being trained; dropout would make those differ at identical weights."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def _seed(*parts: Any) -> int:
+    """A stable 32-bit seed from parts (Python's hash of a str changes between processes)."""
+    return zlib.crc32(repr(parts).encode())
+
+
+def _example(prompt_ids: list[int], token_ids: list[int], idx: int) -> dict[str, Any]:
+    return {"idx": idx, "segments": {"completion": {"input_ids": prompt_ids + token_ids, "prompt_len": len(prompt_ids)}}}
+
+
+class RolloutSource:
+    """Step batches for online methods (module docstring)."""
+
+    def __init__(
+        self, *, adapter: MethodAdapter, hp: Any, plan: RolloutPlan, prompts: list[Any], tokenizer: Any,
+        reward: Any, accelerator: Any, batch_size: int, grad_accum: int, seed: int, max_prompt_length: int,
+        reference: Callable[[], contextlib.AbstractContextManager[Any]] | None, autocast: Any,
+        gen_batch_size: int = 64, aux_examples: list[dict[str, Any]] | None = None, aux_coef: float = 0.0,
+    ) -> None:
+        self.adapter, self.hp, self.plan = adapter, hp, plan
+        self.prompts = prompts
+        self.tok = tokenizer
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.reward = reward
+        self.acc = accelerator
+        self.P, self.rank = accelerator.num_processes, accelerator.process_index
+        self.batch_size, self.grad_accum, self.seed = batch_size, grad_accum, seed
+        self.max_prompt_length = max_prompt_length
+        self.reference = reference
+        self.autocast = autocast
+        self.gen_batch_size = gen_batch_size
+        self.aux_examples, self.aux_coef = aux_examples or [], aux_coef
+        #: prompts of one optimizer step on this process, and of one rollout
+        self.step_prompts = batch_size * grad_accum
+        self.rollout_prompts = self.step_prompts * plan.minibatches
+        self.model: Any = None
+        self.critic: Any = None
+        #: the method's own state across rollouts (saved in checkpoints)
+        self.state: dict[str, Any] = {}
+        self.buffer: dict[str, Any] | None = None
+
+    # ---- loop protocol
+
+    def bind(self, model: Any, critic: Any) -> None:
+        self.model, self.critic = model, critic
+        disable_dropout(model)
+        if critic is not None:
+            disable_dropout(critic)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "buffer": self.buffer}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = dict(state.get("state") or {})
+        self.buffer = state.get("buffer")
+
+    @staticmethod
+    def steps_for(n_prompts: int, plan: RolloutPlan, batch_size: int, grad_accum: int, processes: int,
+                  epochs: int, max_steps: int | None) -> int:
+        per_rollout = batch_size * grad_accum * processes * plan.minibatches
+        if n_prompts < per_rollout:
+            raise ValueError(f"the prompt set has {n_prompts} prompts, fewer than one rollout needs "
+                             f"({batch_size} x {grad_accum} x {processes} processes x {plan.minibatches} minibatches)")
+        return max_steps if max_steps is not None else epochs * (n_prompts // per_rollout) * plan.updates
+
+    def step(self, step: int) -> StepBatches:
+        cycle, u = divmod(step, self.plan.updates)
+        outside = 0.0
+        if self.buffer is None or self.buffer["cycle"] != cycle:
+            t0 = time.perf_counter()
+            try:
+                self.buffer = self._rollout(cycle)
+            except AnnotationBudgetExhausted as e:
+                raise StopTraining(str(e)) from None
+            outside = time.perf_counter() - t0
+        buf = self.buffer
+        epoch, mb = divmod(u, self.plan.minibatches)
+        n = len(buf["examples"])
+        order = list(range(n))
+        random.Random(_seed(self.seed, cycle, epoch, self.rank)).shuffle(order)
+        per_mb = n // self.plan.minibatches
+        chosen = order[mb * per_mb:(mb + 1) * per_mb]
+        per_micro = max(len(chosen) // self.grad_accum, 1)
+        micro = [chosen[i * per_micro:(i + 1) * per_micro] for i in range(self.grad_accum)]
+        batches, given, aux = [], [], []
+        segs = buf["segments"]
+        local_tokens = {s: 0 for s in segs}
+        for k, m in enumerate(micro):
+            b = collate([buf["examples"][j] for j in m], self.pad_id, segs)
+            batches.append(b)
+            for s in segs:
+                local_tokens[s] += b.n_tokens(s)
+            idx = torch.tensor(m, dtype=torch.long)
+            g: dict[str, torch.Tensor] = {}
+            for key, v in buf["given"].items():
+                v = v[idx]
+                if v.dim() == 2:  # per-token, completion space: as wide as this micro-batch's longest completion
+                    v = v[:, :int(b.loss_mask[:, 1:].sum(-1).max())]
+                g[key] = v
+            given.append(g)
+            if self.aux_examples:
+                aux.append(self._aux_batch(step, k))
+        counts = torch.tensor([float(sum(len(m) for m in micro))] + [float(local_tokens[s]) for s in segs]
+                              + [float(sum(b.n_tokens("completion") for b in aux))], dtype=torch.float64)
+        if self.P > 1:
+            counts = self.acc.reduce(counts.to(self.acc.device), reduction="sum").cpu()
+        norm = Normalizer(sequences=int(counts[0]), tokens={s: int(counts[1 + i]) for i, s in enumerate(segs)})
+        norm.tokens["aux"] = int(counts[-1])
+        return StepBatches(batches, given, norm, metrics=dict(buf["metrics"]), outside_s=outside, aux=aux,
+                           aux_coef=self.aux_coef)
+
+    # ---- the rollout
+
+    def _aux_batch(self, step: int, k: int) -> Batch:
+        rng = random.Random(_seed(self.seed, step, k, self.rank, "aux"))
+        picks = [self.aux_examples[rng.randrange(len(self.aux_examples))] for _ in range(self.batch_size)]
+        return collate(picks, self.pad_id, ("completion",))
+
+    def _my_prompts(self, cycle: int) -> list[Any]:
+        per_rollout = self.rollout_prompts * self.P
+        idx = step_examples(len(self.prompts), per_rollout, self.seed, cycle)
+        return [self.prompts[i] for i in idx[self.rank * self.rollout_prompts:(self.rank + 1) * self.rollout_prompts]]
+
+    def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.P == 1:
+            return x
+        return self.acc.reduce(x.to(self.acc.device).contiguous(), reduction="sum").to(x.device)
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        models = [m for m in (self.model, self.critic) if m is not None]
+        modes = [m.training for m in models]
+        for m in models:
+            m.eval()
+        try:
+            with torch.no_grad(), (self.autocast if self.autocast is not None else contextlib.nullcontext()):
+                yield
+        finally:
+            for m, was in zip(models, modes):
+                m.train(was)
+
+    def _token_logps(self, model: Any, examples: list[dict[str, Any]], width: int) -> torch.Tensor:
+        out = torch.zeros(len(examples), width)
+        for lo in range(0, len(examples), self.gen_batch_size):
+            b = collate(examples[lo:lo + self.gen_batch_size], self.pad_id, ("completion",)).to(self.acc.device)
+            seq = forward_segments(model, b, "causal_lm", tokens=True)["completion"]
+            assert seq.token_logps is not None
+            out[lo:lo + b.size, :seq.token_logps.shape[1]] = seq.token_logps.float().cpu()
+        return out
+
+    def _values(self, examples: list[dict[str, Any]], width: int) -> torch.Tensor:
+        out = torch.zeros(len(examples), width)
+        for lo in range(0, len(examples), self.gen_batch_size):
+            b = collate(examples[lo:lo + self.gen_batch_size], self.pad_id, ("completion",)).to(self.acc.device)
+            v, _ = token_values(self.critic, b)
+            out[lo:lo + b.size, :v.shape[1]] = v.float().cpu()
+        return out
+
+    def _rollout(self, cycle: int) -> dict[str, Any]:
+        plan = self.plan
+        prompts = self._my_prompts(cycle)
+        params = SamplingParams(max_new_tokens=plan.max_new_tokens, temperature=plan.temperature, top_p=plan.top_p,
+                                num_return_sequences=plan.samples_per_prompt,
+                                seed=(self.seed * 1_000_003 + cycle) * 131 + self.rank)
+        t0 = time.perf_counter()
+        comps = generate(self.model, self.tok, prompts, params, batch_size=self.gen_batch_size,
+                         max_prompt_length=self.max_prompt_length)
+        t_gen = time.perf_counter() - t0
+        k = plan.samples_per_prompt
+        texts = [c.text for c in comps]
+        instr = [prompt_text(prompts[c.prompt_index]) for c in comps]
+        examples = [_example(c.prompt_ids, c.token_ids, i) for i, c in enumerate(comps)]
+        width = max(c.n_tokens for c in comps)
+        t1 = time.perf_counter()
+        metrics: dict[str, float] = {}
+        if plan.reward == "pairwise":
+            buffer = self._pairs(cycle, comps, instr, texts, examples, metrics)
+        else:
+            scores = torch.tensor(self.reward.score(instr, texts), dtype=torch.float32)
+            t_score = time.perf_counter() - t1
+            with self._eval_mode():
+                logps = self._token_logps(self.model, examples, width)
+                ref_logps = None
+                if plan.reference_logps and self.reference is not None:
+                    with self.reference() as ref_model:
+                        ref_logps = self._token_logps(ref_model, examples, width)
+                values = self._values(examples, width) if self.critic is not None else None
+            mask = torch.zeros(len(comps), width, dtype=torch.bool)
+            for i, c in enumerate(comps):
+                mask[i, :c.n_tokens] = True
+            rollout = Rollout(scores=scores, mask=mask, logps=logps * mask, ref_logps=None if ref_logps is None else
+                              ref_logps * mask, values=None if values is None else values * mask, group_size=k,
+                              all_reduce=self._all_reduce)
+            given = self.adapter.advantages(self.hp, rollout, self.state)  # type: ignore[attr-defined]
+            metrics.update({f"rollout/{m}": float(v) for m, v in given.pop("metrics", {}).items()})
+            buffer = {"examples": examples, "given": given, "segments": ("completion",)}
+            self._sample_metrics(scores, logps, ref_logps, mask, metrics)
+            metrics["time/scoring_s"] = t_score
+        n_tok = sum(c.n_tokens for c in comps)
+        metrics.update({
+            "time/generation_s": t_gen, "time/rollout_s": time.perf_counter() - t0,
+            "rollout/generation_tokens_per_s": n_tok / max(t_gen, 1e-9),
+            "rollout/response_length": self._global_mean(torch.tensor([float(n_tok)]), len(comps)),
+            "rollout/finished_share": self._global_mean(torch.tensor(
+                [float(sum(c.finish_reason != "length" for c in comps))]), len(comps)),
+        })
+        calls = getattr(self.reward, "annotations", None)
+        if calls is not None:
+            metrics["rollout/annotations"] = float(calls)
+        buffer.update({"cycle": cycle, "metrics": metrics})
+        return buffer
+
+    def _global_mean(self, total: torch.Tensor, n: int) -> float:
+        both = self._all_reduce(torch.tensor([float(total.sum()), float(n)], dtype=torch.float64))
+        return float(both[0] / max(float(both[1]), 1.0))
+
+    def _sample_metrics(self, scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor | None,
+                        mask: torch.Tensor, metrics: dict[str, float]) -> None:
+        n_tok = mask.sum()
+        s = self._all_reduce(torch.stack([scores.sum(), (scores ** 2).sum(), torch.tensor(float(len(scores))),
+                                          -(logps * mask).sum(), n_tok.float()]).double())
+        mean = float(s[0] / s[2])
+        metrics["rollout/reward_mean"] = mean
+        metrics["rollout/reward_std"] = float(max(float(s[1] / s[2]) - mean * mean, 0.0) ** 0.5)
+        # the sampled estimate of the policy's entropy: E[-log pi(y_t)] over the sampled tokens
+        metrics["rollout/entropy"] = float(s[3] / s[4].clamp(min=1))
+        if ref_logps is not None:
+            kl = self._all_reduce(torch.stack([((logps - ref_logps) * mask).sum(), n_tok.float()]).double())
+            metrics["rollout/kl_per_token"] = float(kl[0] / kl[1].clamp(min=1))
+
+    def _pairs(self, cycle: int, comps: list[Any], instr: list[str], texts: list[str],
+               examples: list[dict[str, Any]], metrics: dict[str, float]) -> dict[str, Any]:
+        """OAIF: the annotator picks between the two samples of each prompt; ties go to a seeded coin."""
+        if self.plan.samples_per_prompt != 2:
+            raise ValueError("a pairwise rollout samples exactly 2 completions per prompt")
+        a, b = list(range(0, len(comps), 2)), list(range(1, len(comps), 2))
+        t1 = time.perf_counter()
+        prefs = self.reward.compare([instr[i] for i in a], [texts[i] for i in a], [texts[j] for j in b])
+        metrics["time/scoring_s"] = time.perf_counter() - t1
+        rng = random.Random(_seed(self.seed, cycle, self.rank, "ties"))
+        pairs, ties = [], 0
+        for n, (i, j, p) in enumerate(zip(a, b, prefs)):
+            if p == 0.5:
+                ties += 1
+                p = float(rng.random() < 0.5)
+            win, lose = (i, j) if p > 0.5 else (j, i)
+            seg = {"chosen": examples[win]["segments"]["completion"], "rejected": examples[lose]["segments"]["completion"]}
+            pairs.append({"idx": n, "segments": seg})
+        with self._eval_mode():
+            ref = {s: torch.zeros(len(pairs)) for s in ("chosen", "rejected")}
+            if self.reference is not None:
+                with self.reference() as ref_model:
+                    for lo in range(0, len(pairs), self.gen_batch_size):
+                        bt = collate(pairs[lo:lo + self.gen_batch_size], self.pad_id, ("chosen", "rejected"))
+                        out = forward_segments(ref_model, bt.to(self.acc.device), "causal_lm")
+                        for s in ("chosen", "rejected"):
+                            ref[s][lo:lo + bt.size] = out[s].logps.float().cpu()
+        chosen_len = torch.tensor([float(len(texts[(i if p > 0.5 else j)])) for i, j, p in zip(a, b, prefs)])
+        metrics["rollout/tie_share"] = self._global_mean(torch.tensor([float(ties)]), len(pairs))
+        metrics["rollout/chosen_chars"] = self._global_mean(chosen_len, len(pairs))
+        return {"examples": pairs, "given": ref, "segments": ("chosen", "rejected")}
