@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "harness"
 
 #: sub-packages from the bottom up: each may import only itself and those before it
-LAYERS = ("core", "store", "data", "worlds", "modeling", "evaluation", "training", "sweeps", "reporting", "cli")
+LAYERS = ("core", "store", "data", "worlds", "modeling", "evaluation", "training", "pipelines", "sweeps", "reporting",
+          "cli")
 
 
 def module_name(path: Path) -> str:

@@ -64,8 +64,9 @@ def split_spec_args(args: list[str]) -> tuple[str | None, list[str]]:
 def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")) -> None:
     """Train one run (then evaluate it) and write runs/<name>/."""
     from harness.core.config import ConfigError, load_spec
+    from harness.pipelines.run import run as execute
     from harness.store.runs import RunExistsError
-    from harness.training.runner import SpecError, execute
+    from harness.training.runner import SpecError
 
     path, overrides = split_spec_args(args or [])
     try:
@@ -83,6 +84,13 @@ def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")
         fail(f"{name}: {e}", 1)
     s = r.summary()
     console.print(f"[green]completed[/] {r.path}")
+    for rnd in s.get("rounds", []):  # a pipeline: one line per round
+        e = rnd.get("eval", {})
+        console.print(f"  round {rnd['round']} ({rnd.get('stage')}): " + "  ".join(
+            f"{k} {e[k]:.3f}" for k in ("gold_reward_mean", "win_rate") if isinstance(e.get(k), (int, float))),
+            highlight=False)
+    if s.get("pipeline"):
+        return
     ev = s.get("eval", {})
     shown = {k: ev[k] for k in ("gold_reward_mean", "kl_mean", "win_rate", "length_controlled_winrate") if k in ev}
     console.print(

@@ -162,6 +162,9 @@ class EvalSpec:
     """What ``harness.evaluation.evaluate`` measures after training (and ``harness eval`` on demand)."""
 
     enabled: bool = True
+    #: the built-in world whose held-out prompts, gold scorer and lm-eval tasks evaluation uses;
+    #: None: data.source's (set it when training on a file made from a world, as pipeline rounds do)
+    world: str | None = None
     #: how many held-out prompts to sample from (the first N)
     num_prompts: int = 64
     max_new_tokens: int = 32

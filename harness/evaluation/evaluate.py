@@ -59,7 +59,7 @@ from harness.modeling.generation import (
 )
 from harness.store.cache import BlobCache, cache_dir
 from harness.store.runs import atomic_write_text
-from harness.worlds.base import Scorer, spec_world
+from harness.worlds.base import Scorer, eval_world
 
 #: bump when the baseline-sample cache's contents change meaning
 BASELINE_CACHE_VERSION = "1"
@@ -147,7 +147,7 @@ def load_eval_prompts(spec: RunSpec) -> tuple[list[Prompt], str]:
     ev = spec.eval
     if ev.prompts is not None:
         source, split = ev.prompts, ev.prompts_split
-    elif (world := spec_world(spec)).eval_prompts():
+    elif (world := eval_world(spec)).eval_prompts():
         prompts: list[Prompt] = []
         prompts.extend(world.eval_prompts()[: ev.num_prompts])
         return prompts, f"{world.name} world eval prompts ({world.split_path('eval_prompts')})"
@@ -360,10 +360,11 @@ def check_eval_spec(spec: RunSpec, load_prompts: bool = True) -> Any:
             load_rm_pairs(spec)
         return None
     ev = spec.eval
-    world = spec_world(spec)
+    world = eval_world(spec)
     gold = world.gold_scorer() if ev.prompts is None else None
     _use_vllm(ev)
-    primary = _check_judge_config(ev, world.gold_scorer() is not None, ev.prompts is not None, spec.data.source)
+    primary = _check_judge_config(ev, world.gold_scorer() is not None, ev.prompts is not None,
+                                  spec.eval.world or spec.data.source)
     world_tasks = world.lm_eval_tasks() if (ev.lm_eval_tasks is None or ev.lm_eval_tasks) else None
     tasks = list(ev.lm_eval_tasks) if ev.lm_eval_tasks is not None else list(world_tasks.default if world_tasks else [])
     include = list(ev.lm_eval_include) + ([str(world_tasks.include)] if world_tasks else [])
@@ -575,8 +576,8 @@ def load_rm_pairs(spec: RunSpec) -> tuple[list[dict[str, Any]], str]:
     ev = spec.eval
     if ev.rm_pairs is not None:
         source, split = ev.rm_pairs, ev.rm_pairs_split
-    elif pairs := spec_world(spec).heldout_pairs():
-        return pairs, f"{spec.data.source} world held-out prompts, gold-labelled pairs"
+    elif pairs := eval_world(spec).heldout_pairs():
+        return pairs, f"{spec.eval.world or spec.data.source} world held-out prompts, gold-labelled pairs"
     elif spec.data.eval_split is not None:
         source, split = spec.data.source, spec.data.eval_split
     else:

@@ -14,7 +14,7 @@ def preload_imports() -> None:
     """Import what every trial needs (the fork server runs this once; forked trials inherit it)."""
     import optuna  # noqa: F401
 
-    import harness.training.runner  # noqa: F401  (torch, accelerate, the store, the methods)
+    import harness.pipelines.run  # noqa: F401  (torch, accelerate, the store, the runner, the methods)
     from harness.core.contract import load_methods
 
     load_methods()

@@ -114,9 +114,9 @@ class _Reporter:
 
 def run_job(job: dict[str, Any], t_trial_start: float, import_s: float) -> dict[str, Any]:
     from harness.core.config import resolve
+    from harness.pipelines.run import run as execute
     from harness.sweeps.spec import lookup_metric
     from harness.training.loop import TrainHooks
-    from harness.training.runner import execute
 
     reporter = _Reporter(job)
     values: list[float] = []

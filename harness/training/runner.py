@@ -182,7 +182,7 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
         from harness.evaluation.evaluate import check_eval_spec
 
         # a bad eval section must not cost a training run; local prompt files are read now
-        prompts = spec.eval.prompts or spec.data.source
+        prompts = spec.eval.prompts or spec.eval.world or spec.data.source
         check_eval_spec(spec, load_prompts=is_world(prompts) or looks_local(prompts))
     if spec.model.reference and not adapter.needs_reference:
         raise SpecError(f"model.reference is set but method {adapter.name!r} uses no reference model")

@@ -328,3 +328,12 @@ def world_options(data: DataSpec) -> WorldOptions:
 def spec_world(spec: RunSpec) -> Any:
     """The world a run's data comes from (a :class:`DatasetWorld` for hub / local data)."""
     return world_for_source(spec.data.source, world_options(spec.data))
+
+
+def eval_world(spec: RunSpec) -> Any:
+    """The world a run is evaluated on: ``eval.world`` when set, else its data's world."""
+    if spec.eval.world is not None:
+        if not is_world(spec.eval.world):
+            raise WorldError(f"eval.world: {spec.eval.world!r} is not a built-in world; see `harness worlds`")
+        return get_world(spec.eval.world, world_options(spec.data))
+    return spec_world(spec)

@@ -1,0 +1,1 @@
+"""Pipelines: methods whose rounds are stages (generate, build data, score, train), each a run, resumable."""
