@@ -220,7 +220,8 @@ def test_cli_report_and_leaderboard(sweep: Store, tmp_path: Path) -> None:
 def test_one_study_for_all_methods_is_split_by_method() -> None:
     import optuna
 
-    from harness.reporting.report import _colors, optuna_plots
+    from harness.reporting.plots import method_colors
+    from harness.reporting.studies import optuna_plots
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
@@ -230,7 +231,7 @@ def test_one_study_for_all_methods_is_split_by_method() -> None:
                                                   user_attrs={"method": method}))
     study.add_trial(optuna.trial.create_trial(params={"beta": 0.2}, distributions=dist,
                                               state=optuna.trial.TrialState.FAIL, user_attrs={"method": "kto"}))
-    plots, notes = optuna_plots(study, "sweep", ["dpo", "ipo", "kto"], _colors(["dpo", "ipo", "kto"]),
+    plots, notes = optuna_plots(study, "sweep", ["dpo", "ipo", "kto"], method_colors(["dpo", "ipo", "kto"]),
                                 "length_controlled_winrate")
     assert sorted(p.name for p in plots) == ["history_sweep_dpo", "history_sweep_ipo",
                                              "importance_sweep_dpo", "importance_sweep_ipo"]
