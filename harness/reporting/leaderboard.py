@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.reporting.intervals import fmt, isnan, mean_ci
-from harness.reporting.results import COST_COLUMNS, NOT_CONFIG, results_table
+from harness.reporting.intervals import Z95, fmt, isnan, mean_ci
+from harness.reporting.results import COST_COLUMNS, NOT_CONFIG, by_group_columns, group_scores, results_table
 
 ALPACA_COLUMNS = ("length_controlled_winrate", "win_rate", "avg_length")
+#: win-rate columns and the judge's standard error over prompts that AlpacaEval reports with each
 JUDGE_SE = {"length_controlled_winrate": "lc_standard_error", "win_rate": "standard_error"}
+#: where a metric's 95% interval comes from (``<metric>_ci_source``)
+SEEDS, PROMPTS = "seeds", "prompts"
 TAIL_COLUMNS = ("gold_reward_mean", "kl_mean")
 DEFAULT_OBJECTIVES = ("length_controlled_winrate", "gold_reward_mean")
 STATUS_ORDER = ("completed", "pruned", "failed", "running", "interrupted", "unknown")
@@ -52,12 +55,70 @@ def _is_number_column(df: pd.DataFrame, col: str) -> bool:
 _LM_EVAL_META = {"version", "n_shot", "n_samples", "chat_template", "alias", "sample_len", "samples"}
 
 
-def _is_lm_eval_score(col: str) -> bool:
+def _lm_eval_metric(col: str) -> tuple[str, str, str | None] | None:
+    """``lm_eval/<task>/metrics/<metric>[/<filter>]`` (or lm-eval's raw ``<metric>,<filter>``) ->
+    (task, metric, filter); None for other columns."""
     parts = col.split("/")
-    if len(parts) < 3 or parts[0] != "lm_eval" or parts[2] in ("higher_is_better", "filters"):
+    if len(parts) < 3 or parts[0] != "lm_eval":
+        return None
+    rest = parts[3:] if parts[2] == "metrics" else parts[2:]
+    if not rest or len(rest) > 2:
+        return None
+    metric, _, flt = rest[0].partition(",")
+    return parts[1], metric, (rest[1] if len(rest) == 2 else flt or None)
+
+
+def _is_lm_eval_score(col: str) -> bool:
+    parsed = _lm_eval_metric(col)
+    if parsed is None or col.split("/")[2] in ("higher_is_better", "filters"):
         return False
-    last = parts[-1].split(",")[0]
-    return last not in _LM_EVAL_META and not last.endswith("_stderr")
+    metric = parsed[1]
+    # a metric kept per filter (``acc/strict``) has its stderr as ``acc_stderr/strict``: never a score
+    return metric not in _LM_EVAL_META and not metric.endswith("_stderr")
+
+
+def prompt_standard_error(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """Per run, the standard error of ``metric`` over the eval prompts, as the evaluation recorded
+    it (NaN where it did not): the judge's for win rates, ``<score>_std / sqrt(n_prompts)`` for
+    per-prompt scores (gold reward, RM score), ``kl_stderr`` for KL, lm-eval's ``*_stderr``, and
+    ``<metric>_stderr`` wherever the evaluation wrote one (``rm_accuracy_stderr``)."""
+    nan = pd.Series(np.nan, index=rows.index, dtype=float)
+    judged = re.fullmatch(r"(judges/[^/]+/)?(length_controlled_winrate|win_rate)", metric)
+    if judged:
+        return numeric(rows, f"{judged.group(1) or ''}{JUDGE_SE[judged.group(2)]}")
+    if metric == "kl_mean":
+        return numeric(rows, "kl_stderr")
+    lm = _lm_eval_metric(metric)
+    if lm is not None:  # lm-eval names the error of ``acc`` ``acc_stderr`` (filter suffix kept)
+        parts = metric.split("/")
+        i = 3 if parts[2] == "metrics" else 2
+        parts[i] = parts[i].replace(lm[1], f"{lm[1]}_stderr", 1)
+        return numeric(rows, "/".join(parts))
+    if metric.endswith("_mean") and not metric.startswith(("judges/", "lm_eval/")):
+        std = numeric(rows, metric.removesuffix("_mean") + "_std")
+        n = numeric(rows, "n_prompts")
+        return (std / np.sqrt(n)).where(n > 1)
+    if f"{metric}_stderr" in rows.columns:  # e.g. rm_accuracy_stderr of a reward model's held-out pairs
+        return numeric(rows, f"{metric}_stderr")
+    return nan
+
+
+def interval(rows: pd.DataFrame, metric: str) -> tuple[float, float, int, str]:
+    """(mean, 95% half-width, n, source) of ``metric`` over the runs of one configuration.
+
+    Several runs (seeds) with a value: Student t over them (source ``seeds``).  One run: ``Z95``
+    times its standard error over the eval prompts (``prompts``), when the evaluation recorded one.
+    Otherwise the half-width is NaN and the source empty.
+    """
+    values = numeric(rows, metric)
+    mean, half, n = mean_ci(values)
+    if n >= 2:
+        return mean, half, n, SEEDS
+    if n == 1:
+        se = prompt_standard_error(rows, metric)[np.isfinite(values)].dropna()
+        if len(se) and math.isfinite(float(se.iloc[0])):
+            return mean, Z95 * float(se.iloc[0]), n, PROMPTS
+    return mean, math.nan, n, ""
 
 
 def _same_values(a: pd.Series, b: pd.Series) -> bool:
@@ -175,9 +236,14 @@ def leaderboard(root: str | Path | pd.DataFrame, *, model: str | None = None, da
     ``root`` is a run store (any depth: one sweep, or ``runs/`` with many) or a results table.
     ``model``/``data``/``judge`` keep rows whose value contains that text (case-insensitive).
     Columns: the group keys, ``objective``, ``direction``, ``config``, ``config_id``, ``n_seeds``,
-    ``runs``, status counts, then per metric ``<metric>``, ``<metric>_ci95``,
-    ``<metric>_n``, then the mean cost columns.  Methods with no completed trial keep a row
-    (its counts, NaN metrics).  Rows are sorted by objective within each group.
+    ``runs``, status counts, then per metric ``<metric>``, ``<metric>_ci95`` (half-width of the
+    95% interval, see :func:`interval`), ``<metric>_n``, ``<metric>_ci_source`` (``seeds`` /
+    ``prompts`` / empty), ``baseline`` (what the win rates were judged against), per-group
+    means ``<score>_by_group/<group>`` (+ ``_ci95``, ``_n``; their baseline's as
+    ``baseline_<score>_by_group/<group>``), then the mean cost columns.  Methods with no
+    completed trial keep a row (its counts, NaN metrics).  Rows are sorted by objective within
+    each group.  ``attrs["metrics"]``: the metric columns shown, the ranking metric included;
+    ``attrs["groups"]``: ``{score: [group, ...]}``.
     """
     df = root if isinstance(root, pd.DataFrame) else results_table(root)
     metrics = metric_columns(df)
@@ -192,6 +258,10 @@ def leaderboard(root: str | Path | pd.DataFrame, *, model: str | None = None, da
     rows: list[dict[str, Any]] = []
     if df.empty:
         return pd.DataFrame(columns=[*GROUP_KEYS, "objective", "config", "n_seeds", *STATUS_ORDER])
+    extra: list[str] = []
+    by_group = {score: by_group_columns(df, score) for score in group_scores(df)}
+    group_cols = [c for cols in by_group.values() for c in cols.values()]
+    group_cols += [c for score in by_group for c in by_group_columns(df, f"baseline_{score}").values()]
     method_keys = ["sweep_name", "model", "data", "arm"]
     for mkey, mrows in df.groupby(method_keys, sort=True, dropna=False):
         counts = status_counts(mrows)
@@ -218,15 +288,16 @@ def leaderboard(root: str | Path | pd.DataFrame, *, model: str | None = None, da
             row.update({"config": _hyperparameters(mrows, best), "config_id": best_id,
                         "n_seeds": int(best["seed"].nunique()) if "seed" in best.columns else len(best),
                         "runs": ", ".join(best["relpath"].astype(str)), "n_configs": int(len(ranking))})
-            for m in metrics:
-                mean, half, n = mean_ci(best[m])
-                se_col = JUDGE_SE.get(m)
-                if n == 1 and se_col and se_col in best.columns:
-                    se = numeric(best, se_col).dropna()
-                    if len(se):
-                        half = 1.96 * float(se.iloc[0])
-                        row[f"{m}_ci_source"] = "judge_se"
-                row[m], row[f"{m}_ci95"], row[f"{m}_n"] = mean, half, n
+            if metric and metric not in metrics:  # the ranking metric is always shown, with its interval
+                extra.append(metric)
+            for m in [*metrics, *(e for e in dict.fromkeys(extra) if e not in metrics)]:
+                row[m], row[f"{m}_ci95"], row[f"{m}_n"], row[f"{m}_ci_source"] = interval(best, m)
+            # the model every win rate of this row was judged against (the evaluation's ``baseline``)
+            row["baseline"] = ", ".join(sorted({str(b) for b in best["baseline"].dropna() if str(b)})) \
+                if "baseline" in best.columns else ""
+            for col in group_cols:  # per-group means: no per-group spread is recorded, so seeds only
+                mean, half, n = mean_ci(best[col]) if col in best.columns else (math.nan, math.nan, 0)
+                row[col], row[f"{col}_ci95"], row[f"{col}_n"] = mean, half, n
             for c in COST_COLUMNS:
                 row[c] = numeric(best, c).mean()
             row["sweep_wall_time_s"] = numeric(mrows, "wall_time_s").sum(min_count=1)
@@ -241,7 +312,8 @@ def leaderboard(root: str | Path | pd.DataFrame, *, model: str | None = None, da
     out["_empty"] = out["n_seeds"].eq(0)  # methods with nothing finished go below the ranked ones
     out = out.sort_values(["sweep_name", "model", "data", "_empty", "judge", "_rank", "arm"],
                           na_position="last").drop(columns=["_rank", "_empty"])
-    out.attrs["metrics"] = metrics
+    out.attrs["metrics"] = [*metrics, *(e for e in dict.fromkeys(extra) if e not in metrics)]
+    out.attrs["groups"] = {score: list(cols) for score, cols in by_group.items()}
     return out.reset_index(drop=True)
 
 

@@ -21,7 +21,15 @@ from harness.reporting.leaderboard import first_value, keyed, leaderboard
 from harness.reporting.plots import Plot, curves_plot, frontier_plot, method_colors, winrate_plot
 from harness.reporting.results import results_table
 from harness.reporting.studies import load_study, optuna_plots
-from harness.reporting.tables import Table, cost_table, leaderboard_table, provenance_table, status_tables
+from harness.reporting.tables import (
+    INTERVAL_LEGEND,
+    Table,
+    cost_table,
+    group_tables,
+    leaderboard_table,
+    provenance_table,
+    status_tables,
+)
 from harness.reporting.templates import render
 
 
@@ -72,14 +80,20 @@ def build_sections(df: pd.DataFrame, root: Path, objective: str | None = None,
                              if isinstance(o, str)})
         lead.text.append(
             "Each method's best configuration, ranked by the objective "
-            f"{', '.join(objectives) or '(none measured: most-seeded configuration shown)'}; "
-            "metrics are mean ± 95% confidence interval over seeds (Student t). "
-            "† : one seed, so the interval is ±1.96 standard errors of the judge over prompts.")
+            f"{', '.join(objectives) or '(none measured: most-seeded configuration shown)'}.")
+        lead.text.append(INTERVAL_LEGEND)
         judges = sorted({str(j) for j in board["judge"] if str(j)})
         if len(judges) == 1:
             lead.text.append(f"Judge: {judges[0]}.")
         lead.tables.append(leaderboard_table(board))
     sections.append(lead)
+    by_group = group_tables(board) if not board.empty else []
+    if by_group:
+        sections.append(Section("Scores by prompt group", tables=by_group, text=[
+            "The evaluation's per-group means (groups of eval prompts the world defines, e.g. one per task "
+            "cluster, held-out vs seen) for each method's best configuration: mean ± 95% CI over seeds. "
+            "The evaluation records no per-group spread, so with one seed a group shows its mean alone. "
+            "Baseline rows: the model the win rates were judged against, on the same prompts."]))
     sections.append(Section("Trials", tables=status_tables(df)))
 
     plots = Section("Plots")

@@ -15,17 +15,22 @@ runs name its storage (``sweep_storage`` / ``study_name``).  The report has:
 
 - a leaderboard: per method, its best configuration by the sweep's objective (the runs'
   ``sweep_objective``; else ``length_controlled_winrate`` when measured, else
-  ``gold_reward_mean``) and its metrics as mean ± 95% CI over seeds (Student t); with a single
-  seed, win rates show ±1.96 standard errors of the judge over prompts instead (marked †);
+  ``gold_reward_mean``) and every metric as mean ± 95% CI: over seeds (Student t) where the
+  configuration has several, else over the eval prompts from the standard error the evaluation
+  recorded (marked †); the baseline the win rates were judged against is named;
+- per-group means (``gold_reward_by_group``) as a method x group table, when the world
+  defines groups of eval prompts;
 - trial status counts per method (completed / pruned / failed / running / interrupted) and
   the errors of failed trials;
 - the reward-vs-KL frontier (the setting of Rafailov et al. 2023, DPO, arXiv:2305.18290,
   Figure 2: x = KL to the reference, y = gold reward), a win-rate bar chart with error bars,
-  the best trials' training curves, Optuna's optimisation history and hyperparameter
-  importances per method;
+  the best trials' training curves (one panel per method: objectives differ in scale),
+  Optuna's optimisation history and hyperparameter importances per method (greyed when
+  they rest on fewer than ``studies.MIN_IMPORTANCE_TRIALS`` trials);
 - cost (wall time, tokens/s, peak memory, trainable parameters, GPU-hours) and provenance
   (model, data, judge, package versions, git sha, hardware, dates).
 
+The page and the Markdown file are rendered from the Jinja2 templates in ``reports/templates/``.
 ``index.html`` inlines its plots as base64 PNG and its CSS, and loads nothing else: it
 can be mailed or attached as one file.  ``index.md`` shows the same content with the plots
 saved next to it in ``plots/``.  Partial stores (running, failed, pruned trials; a missing

@@ -18,6 +18,11 @@ import numpy as np
 
 from harness.reporting.plots import Plot, new_figure, png_bytes
 
+#: below this many completed trials importances are drawn grey and flagged: optuna's default
+#: evaluator (PED-ANOVA) contrasts the top 10% of trials with all of them, and under 20 trials
+#: that top set is one trial, so the ranking says where the best trial happened to land
+MIN_IMPORTANCE_TRIALS = 20
+
 
 def _storage_candidates(storage: str, bases: Sequence[Path]) -> list[str]:
     """Where a storage URL or path written by a sweep may be, seen from here."""
@@ -112,30 +117,40 @@ def optuna_plots(study: Any, label: str, methods: Sequence[str], colors: dict[st
         ax.set_title(f"{method}: optimisation history ({state_text})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        plots.append(Plot(f"history_{slug}_{method}", f"{method}: optimisation history", png_bytes(fig),
-                          f"objective per trial for {method}"))
+        plots.append(Plot(f"history_{slug}_{method}",
+                          f"{method}: optimisation history ({len(complete)} completed trials, best so far as a line)",
+                          png_bytes(fig), f"objective per trial for {method}", fig))
         varying = sorted(p for p in {k for t in complete for k in t.params}
                          if p != "method" and len({repr(t.params.get(p)) for t in complete}) > 1)
         if len(complete) < 2 or not varying:
             notes.append(f"{method}: hyperparameter importances need at least 2 completed trials with varying "
                          f"parameters ({len(complete)} completed, varying: {', '.join(varying) or 'none'})")
             continue
+        used = [t for t in complete if all(p in t.params for p in varying)]
         try:
             sub = optuna.create_study(direction=direction)
-            sub.add_trials([t for t in complete if all(p in t.params for p in varying)])
+            sub.add_trials(used)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # optuna flags its importance API as experimental
                 imp = optuna.importance.get_param_importances(sub, params=varying)
         except Exception as e:  # too few distinct trials for the evaluator, etc.
             notes.append(f"{method}: hyperparameter importances unavailable ({type(e).__name__}: {e})")
             continue
-        fig, ax = new_figure(6, 0.5 + 0.45 * len(imp))
+        few = len(used) < MIN_IMPORTANCE_TRIALS
+        fig, ax = new_figure(6, 0.9 + 0.45 * len(imp))
         names = list(imp)[::-1]
-        ax.barh(names, [imp[n] for n in names], color=c)
+        ax.barh(names, [imp[n] for n in names], color="#b8b8b8" if few else c, hatch="//" if few else None,
+                edgecolor="#888888" if few else None)
         ax.set_xlabel("importance (optuna PED-ANOVA, normalised)")
-        ax.set_title(f"{method}: hyperparameter importance ({len(complete)} trials)")
+        rests = f"rests on {len(used)} completed trial{'s' if len(used) != 1 else ''}"
+        ax.set_title(f"{method}: hyperparameter importance, {rests}"
+                     + (f"\nfewer than {MIN_IMPORTANCE_TRIALS}: greyed, indicative only" if few else ""),
+                     fontsize=10, color="#666666" if few else "black")
         ax.grid(axis="x", alpha=0.3)
-        plots.append(Plot(f"importance_{slug}_{method}", f"{method}: hyperparameter importance", png_bytes(fig),
-                          f"hyperparameter importances for {method}"))
+        caption = f"{method}: hyperparameter importance ({rests}"
+        caption += (f"; fewer than {MIN_IMPORTANCE_TRIALS}, so greyed: with this few trials the ranking "
+                    "is mostly noise)" if few else ")")
+        plots.append(Plot(f"importance_{slug}_{method}", caption, png_bytes(fig),
+                          f"hyperparameter importances for {method}", fig))
     return plots, notes
 

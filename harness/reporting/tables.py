@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.reporting.intervals import NONE, fmt, isnan, pm
+from harness.reporting.intervals import CI_LABEL, NONE, fmt, isnan, pm
 from harness.reporting.leaderboard import (
+    PROMPTS,
     STATUS_ORDER,
     arm_label,
     keyed,
@@ -37,22 +38,89 @@ class Table:
     caption: str = ""
 
 
+#: marks an interval over eval prompts (a configuration with one seed); unmarked ones are over seeds
+PROMPT_MARK = "†"
+INTERVAL_LEGEND = (
+    f"{CI_LABEL}: mean ± half-width of its 95% confidence interval, over seeds (Student t) where a "
+    f"configuration has several; {PROMPT_MARK}: one seed, so over the eval prompts instead (1.96 × the "
+    "standard error the evaluation recorded: the judge's for win rates, std/√n_prompts for gold reward and "
+    "RM score, kl_stderr for KL, lm-eval's stderr). A value without ± has no interval.")
+
+
+def is_win_rate(metric: str) -> bool:
+    return metric.split("/")[-1] in ("length_controlled_winrate", "win_rate")
+
+
+def baselines(board: pd.DataFrame) -> list[str]:
+    """The distinct baselines the board's win rates were judged against (``""``: not recorded)."""
+    metrics = [m for m in board.attrs.get("metrics", []) if is_win_rate(m) and m in board.columns]
+    if not metrics:
+        return []
+    judged = board[board[metrics].apply(pd.to_numeric, errors="coerce").notna().any(axis=1)]
+    col = judged["baseline"] if "baseline" in judged.columns else pd.Series("", index=judged.index)
+    return sorted({"" if isnan(b) else str(b) for b in col})
+
+
+def baseline_caption(board: pd.DataFrame) -> str:
+    """One line naming what every win rate was judged against, when it is one model."""
+    found = baselines(board)
+    if len(found) != 1:
+        return ""
+    return (f"Win rates: how often the judge preferred the method's answer to the baseline's, "
+            f"baseline {found[0] or '(not recorded)'}.")
+
+
 def leaderboard_table(board: pd.DataFrame) -> Table:
-    """The leaderboard as display cells: one row per method (and sweep/model/data/judge where they vary)."""
+    """The leaderboard as display cells: one row per method (and sweep/model/data/judge where they vary).
+
+    Every metric cell is ``mean ± 95% CI`` (:data:`INTERVAL_LEGEND`); the baseline of the win rates
+    is the caption when all rows share one, else a column.
+    """
     metrics: list[str] = board.attrs.get("metrics", [])
     multi = [k for k in ("sweep_name", "model", "data", "judge") if varies(board, k)]
-    headers = ["method", *multi, "best configuration", "seeds", "trials", *[label(m) for m in metrics]]
+    with_baseline = len(baselines(board)) > 1
+    headers = ["method", *multi, "best configuration", "seeds", "trials",
+               *(["win rates vs baseline"] if with_baseline else []), *[label(m) for m in metrics]]
     rows, ids = [], []
     for _, r in board.iterrows():
         cells = [arm_label(r), *[str(r[k]) or NONE for k in multi], str(r.get("config") or NONE),
                  str(int(r["n_seeds"])),
                  ", ".join(f"{int(r[s])} {s}" for s in STATUS_ORDER if not isnan(r.get(s)) and r.get(s))]
+        if with_baseline:
+            cells.append(str(r.get("baseline") or NONE) if not isnan(r.get("baseline")) else NONE)
         for m in metrics:
-            mark = " †" if r.get(f"{m}_ci_source") == "judge_se" else ""
+            mark = f" {PROMPT_MARK}" if r.get(f"{m}_ci_source") == PROMPTS else ""
             cells.append(pm(r.get(m), r.get(f"{m}_ci95"), mark))
         rows.append(cells)
         ids.append(str(r["arm"]))
-    return Table(headers, rows, ids, id="leaderboard")
+    return Table(headers, rows, ids, id="leaderboard", caption=baseline_caption(board))
+
+
+def group_tables(board: pd.DataFrame) -> list[Table]:
+    """Per score with per-group means (``gold_reward_by_group``): a method x group table of each
+    method's best configuration (mean ± 95% CI over seeds), then one row per baseline."""
+    tables = []
+    for score, groups in (board.attrs.get("groups") or {}).items():
+        if not groups:
+            continue
+        done = board[board["n_seeds"] > 0]
+        rows, ids = [], []
+        for _, r in done.iterrows():
+            cols = [f"{score}_by_group/{g}" for g in groups]
+            rows.append([row_label(r, board).replace("\n", " / "),
+                         *[pm(r.get(c), r.get(f"{c}_ci95")) for c in cols]])
+            ids.append(str(r["arm"]))
+        base_cols = [f"baseline_{score}_by_group/{g}" for g in groups]
+        if "baseline" in done.columns and any(c in done.columns for c in base_cols):
+            for name, g in done.groupby(done["baseline"].map(lambda b: "" if isnan(b) else str(b)), sort=True):
+                vals = [pd.to_numeric(g[c], errors="coerce").mean() if c in g.columns else float("nan")
+                        for c in base_cols]
+                if any(not isnan(v) for v in vals):
+                    rows.append([f"baseline: {name or '(not recorded)'}", *[fmt(v) for v in vals]])
+                    ids.append(f"baseline:{name}")
+        tables.append(Table(["method", *groups], rows, ids, id=f"{score}_by_group",
+                            caption=f"{label(score + '_mean')} by prompt group"))
+    return tables
 
 
 def status_tables(df: pd.DataFrame) -> list[Table]:
