@@ -35,6 +35,11 @@ PLAN = {
     "orpo": ("beta", [0.05, 0.2], -2.0),
     "kto": ("beta", [0.1, 0.4], 0.0),
 }
+#: per method, how far its training loss sits above DPO's: IPO's squared loss is two orders of
+#: magnitude larger, which flattens every other curve on a shared axis
+LOSS_SCALE = {"ipo": 300.0}
+#: prompt groups of a multi-task world (``harness.evaluation.evaluate`` writes ``gold_reward_by_group``)
+GROUPS = ("cluster/arithmetic", "cluster/sentiment", "heldout", "seen")
 PAIRWISE = ("win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "discrete_win_rate",
             "avg_length", "length_controlled_winrate", "lc_standard_error")
 
@@ -69,7 +74,8 @@ def _pairwise(rng: random.Random, win: float, cfg: int, judge: dict[str, Any]) -
             "judging": {"n_calls": 2 * n, "n_cached": 0, "n_retries": 0, "n_failed": 0}}
 
 
-def eval_results(method: str, cfg: int, seed: int, judge: dict[str, Any] | None = None) -> dict[str, Any]:
+def eval_results(method: str, cfg: int, seed: int, judge: dict[str, Any] | None = None,
+                 groups: tuple[str, ...] = (), baseline: str = "toy") -> dict[str, Any]:
     rng = random.Random(f"{method}-{cfg}-{seed}")
     quality = PLAN[method][2]
     kl = 2.0 + 6.0 * cfg + rng.uniform(-0.5, 0.5)
@@ -78,13 +84,13 @@ def eval_results(method: str, cfg: int, seed: int, judge: dict[str, Any] | None 
     main = _pairwise(rng, win, cfg, judge or JUDGE)
     second = _pairwise(rng, min(95.0, win + 5), cfg, RM_JUDGE)
     ev: dict[str, Any] = {
-        "n_prompts": 64, "prompts_source": "toy:eval_prompts", "candidate": "final", "baseline": "toy",
+        "n_prompts": 64, "prompts_source": "toy:eval_prompts", "candidate": "final", "baseline": baseline,
         "sampling": {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 32, "seed": 0}, "skipped": {},
         "avg_new_tokens": 14.5, "finish_reasons": {"eos": 60, "stop": 0, "length": 4},
         "baseline_avg_length": 58.0, "gold_reward_mean": gold, "gold_reward_std": 0.5,
         "baseline_gold_reward_mean": 0.1, "baseline_gold_reward_std": 0.5,
         "rm_score_mean": gold * 0.9 + rng.uniform(-0.1, 0.1), "rm_score_std": 0.4, "reward_model": dict(RM_JUDGE),
-        "kl_mean": kl, "kl_std": 0.8, "kl_standard_error": 0.1,
+        "kl_mean": kl, "kl_std": 0.8, "kl_stderr": 0.1 + 0.02 * cfg,
         "judges": {"gold": main, "reward_model": second},
         "lm_eval": {
             "toy_mc": {"metrics": {"acc": 0.4 + 0.02 * quality + rng.uniform(-0.02, 0.02), "acc_stderr": 0.05},
@@ -96,15 +102,18 @@ def eval_results(method: str, cfg: int, seed: int, judge: dict[str, Any] | None 
         },
         "timing_s": {"generation": 1.2, "judge": 0.3, "lm_eval": 2.0, "total": 4.1},
     }
+    if groups:  # per-group means scattered around the overall mean; the baseline's are fixed
+        ev["gold_reward_by_group"] = {g: gold + 0.3 * (i - 1.5) + rng.uniform(-0.1, 0.1) for i, g in enumerate(groups)}
+        ev["baseline_gold_reward_by_group"] = {g: 0.1 - 0.05 * i for i, g in enumerate(groups)}
     ev.update({k: main[k] for k in PAIRWISE})
     ev["judge"], ev["judging"] = main["judge"], main["judging"]
     return ev
 
 
-def _metrics(run: Run, seed: int, steps: int, torn: bool = False) -> None:
+def _metrics(run: Run, seed: int, steps: int, torn: bool = False, scale: float = 1.0) -> None:
     rng = random.Random(f"m-{run.path}-{seed}")
     for s in range(1, steps + 1):
-        loss = 0.69 * math.exp(-s / 12) + 0.1 + rng.uniform(0, 0.02)
+        loss = scale * (0.69 * math.exp(-s / 12) + 0.1 + rng.uniform(0, 0.02))
         run.log_metrics({"step": s, "loss": loss, "rewards/accuracies": min(1.0, 0.5 + s / 40), "lr": 1e-4,
                          "grad_norm": 1.0 / s, "tokens_per_s": 9000.0, "epoch": s / steps})
         if s % 5 == 0:
@@ -172,10 +181,12 @@ def _add_trial(study: Any, hp_key: str, hp: float, cfg: int, value: float | None
 def make_store(root: Path, methods: tuple[str, ...] = tuple(PLAN), seeds: tuple[int, ...] = (0, 1, 2),
                n_configs: int = 2, study: str | None = "sqlite", partial: bool = True,
                sweep: str = "quickstart", overrides: tuple[str, ...] = (),
-               judge: dict[str, Any] | None = None) -> Store:
+               judge: dict[str, Any] | None = None, groups: tuple[str, ...] = (), baseline: str = "toy") -> Store:
     """A sweep's store: per method (one arm each), ``n_configs`` trials x ``seeds``, all completed;
     with ``partial``, dpo also has a failed, a running and a pruned trial, and kto (when listed)
-    only failed and running ones.  ``study``: ``sqlite``, ``journal`` or None (no Optuna study)."""
+    only failed and running ones.  ``study``: ``sqlite``, ``journal`` or None (no Optuna study).
+    ``groups``: prompt groups whose means the eval records (e.g. :data:`GROUPS`); ``baseline``:
+    the model the win rates were judged against."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     storage = None
@@ -203,8 +214,8 @@ def make_store(root: Path, methods: tuple[str, ...] = tuple(PLAN), seeds: tuple[
                         run.set_status("failed", error="NonFiniteLoss: loss is nan at step 3; lower train.lr")
                     out.runs[rel] = (arm, cfg, seed, status)
                     continue
-                _metrics(run, seed, 20)
-                ev = eval_results(arm, cfg, seed, judge)
+                _metrics(run, seed, 20, scale=LOSS_SCALE.get(arm, 1.0))
+                ev = eval_results(arm, cfg, seed, judge, groups, baseline)
                 summary = {
                     "method": arm, "status": "completed", "steps": 20, "final_loss": 0.15,
                     "final_metrics": {"loss": 0.15, "rewards/accuracies": 1.0}, "eval_loss_metrics": {"loss": 0.2},

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from report_store import JUDGE_ID, PLAN, Store, make_store
+from report_store import GROUPS, JUDGE_ID, PLAN, Store, make_store
 from scipy import stats
 from typer.testing import CliRunner
 
@@ -23,7 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    return make_store(tmp_path_factory.mktemp("runs") / "quickstart")
+    return make_store(tmp_path_factory.mktemp("runs") / "quickstart", groups=GROUPS)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,7 @@ def test_leaderboard_best_configuration_with_ci(sweep: Store) -> None:
             vals = [ev[col] for ev in evs]
             assert row[col] == pytest.approx(np.mean(vals)), col
             assert row[f"{col}_ci95"] == pytest.approx(_ci(vals)), col
+            assert row[f"{col}_ci_source"] == "seeds", col
         acc = [ev["lm_eval"]["toy_mc"]["metrics"]["acc"] for ev in evs]
         assert row["lm_eval/toy_mc/metrics/acc"] == pytest.approx(np.mean(acc))
         assert row["lm_eval/toy_mc/metrics/acc_ci95"] == pytest.approx(_ci(acc))
@@ -133,20 +134,39 @@ def test_report_is_self_contained(sweep: Store, report: Path) -> None:
     assert len(results) == len(sweep.runs)
 
 
-def test_single_seed_uses_judge_error_and_skips_importance(tmp_path: Path) -> None:
+def test_single_seed_intervals_come_from_the_eval_prompts(tmp_path: Path) -> None:
     store = make_store(tmp_path / "one", methods=("dpo", "orpo"), seeds=(0,), n_configs=1, study="journal",
                        partial=False)
     board = leaderboard(store.root).set_index("method")
+    z = stats.norm.ppf(0.975)
     for method in ("dpo", "orpo"):
         (name,) = [n for n, v in store.runs.items() if v[0] == method]
         ev = store.values[name]
-        assert board.loc[method, "length_controlled_winrate_ci95"] == pytest.approx(1.96 * ev["lc_standard_error"])
-        assert board.loc[method, "win_rate_ci95"] == pytest.approx(1.96 * ev["standard_error"])
-        assert math.isnan(board.loc[method, "gold_reward_mean_ci95"])  # no spread with one seed
+        n = ev["n_prompts"]
+        expected = {  # every ranking metric has an interval: the evaluation's standard error over prompts
+            "length_controlled_winrate": ev["lc_standard_error"], "win_rate": ev["standard_error"],
+            "judges/reward_model/win_rate": ev["judges"]["reward_model"]["standard_error"],
+            "judges/reward_model/length_controlled_winrate": ev["judges"]["reward_model"]["lc_standard_error"],
+            "gold_reward_mean": ev["gold_reward_std"] / math.sqrt(n), "rm_score_mean": ev["rm_score_std"] / math.sqrt(n),
+            "kl_mean": ev["kl_stderr"], "lm_eval/toy_mc/metrics/acc": ev["lm_eval"]["toy_mc"]["metrics"]["acc_stderr"],
+            "lm_eval/toy_gen/metrics/exact_match": ev["lm_eval"]["toy_gen"]["metrics"]["exact_match_stderr"],
+        }
+        for col, se in expected.items():
+            assert board.loc[method, f"{col}_ci95"] == pytest.approx(z * se), col
+            assert board.loc[method, f"{col}_ci_source"] == "prompts", col
+        # avg length ranks nothing and the eval records no spread for it: no interval, and none claimed
+        assert math.isnan(board.loc[method, "avg_length_ci95"]) and board.loc[method, "avg_length_ci_source"] == ""
     page = write_report(store.root, tmp_path / "out").read_text()
-    assert " †" in page
+    assert " †" in page and "over the eval prompts instead" in page
     assert "importances need at least 2 completed trials" in page
     assert page.count("data-plot='history_") == 2 and "data-plot='importance_" not in page
+
+
+def test_ranking_metric_outside_the_shown_columns_gets_an_interval(sweep: Store) -> None:
+    board = leaderboard(results_table(sweep.root), objective="final_loss", direction="minimize")
+    assert board.attrs["metrics"][-1] == "final_loss"  # shown, so the ranking can be read
+    simpo = board.set_index("method").loc["simpo"]
+    assert simpo["final_loss_ci_source"] == "seeds" and simpo["final_loss_n"] == 3
 
 
 def test_report_with_nothing_finished(tmp_path: Path) -> None:
@@ -220,7 +240,8 @@ def test_cli_report_and_leaderboard(sweep: Store, tmp_path: Path) -> None:
 def test_one_study_for_all_methods_is_split_by_method() -> None:
     import optuna
 
-    from harness.reporting.report import _colors, optuna_plots
+    from harness.reporting.plots import method_colors
+    from harness.reporting.studies import optuna_plots
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
@@ -230,7 +251,7 @@ def test_one_study_for_all_methods_is_split_by_method() -> None:
                                                   user_attrs={"method": method}))
     study.add_trial(optuna.trial.create_trial(params={"beta": 0.2}, distributions=dist,
                                               state=optuna.trial.TrialState.FAIL, user_attrs={"method": "kto"}))
-    plots, notes = optuna_plots(study, "sweep", ["dpo", "ipo", "kto"], _colors(["dpo", "ipo", "kto"]),
+    plots, notes = optuna_plots(study, "sweep", ["dpo", "ipo", "kto"], method_colors(["dpo", "ipo", "kto"]),
                                 "length_controlled_winrate")
     assert sorted(p.name for p in plots) == ["history_sweep_dpo", "history_sweep_ipo",
                                              "importance_sweep_dpo", "importance_sweep_ipo"]

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_store import JUDGE, JUDGE_ID, PLAN, Store, make_store
+from report_store import GROUPS, JUDGE, JUDGE_ID, PLAN, Store, make_store
 
-from harness.reporting.results import BASE_COLUMNS, results_table
+from harness.reporting.results import BASE_COLUMNS, by_group_columns, group_scores, results_table
 from harness.store.runs import Run, atomic_write_json
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     return make_store(tmp_path_factory.mktemp("runs") / "quickstart", methods=("dpo", "simpo", "kto"),
-                      seeds=(0, 1), study=None)
+                      seeds=(0, 1), study=None, groups=GROUPS)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,25 @@ def test_eval_and_cost_columns(store: Store, table: pd.DataFrame) -> None:
         assert row["summary/data"] == "toy:paired"
         assert row["last_step"] == 20 and row["last/eval/loss"] > 0
         assert isinstance(row["env/packages/torch"], str) and row["env/python"]
+
+
+def test_per_group_means_are_columns(store: Store, table: pd.DataFrame) -> None:
+    """``gold_reward_by_group`` lands as one column per group, named ``gold_reward_by_group/<group>``
+    even when the group name holds ``/``; by_group_columns maps the columns back to group names."""
+    assert group_scores(table) == ["gold_reward"]
+    cols = by_group_columns(table)
+    assert cols == {g: f"gold_reward_by_group/{g}" for g in sorted(GROUPS)}
+    base = by_group_columns(table, "baseline_gold_reward")
+    assert list(base) == sorted(GROUPS)
+    assert set(cols.values()) | set(base.values()) <= set(table.attrs["eval_columns"])
+    by_run = table.set_index("relpath")
+    for name, ev in store.values.items():
+        for g in GROUPS:
+            assert by_run.loc[name, cols[g]] == pytest.approx(ev["gold_reward_by_group"][g])
+            assert by_run.loc[name, base[g]] == pytest.approx(ev["baseline_gold_reward_by_group"][g])
+        assert by_run.loc[name, "baseline"] == "toy" and by_run.loc[name, "kl_stderr"] == pytest.approx(ev["kl_stderr"])
+    unfinished = table[table["status"] != "completed"]
+    assert unfinished[list(cols.values())].isna().all().all()
 
 
 def test_partial_runs_have_status_and_nan(store: Store, table: pd.DataFrame) -> None:

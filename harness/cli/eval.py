@@ -176,34 +176,61 @@ def _fmt(v: Any) -> str:
 
 
 def print_result(result: dict[str, Any]) -> None:
-    from rich.table import Table
-
+    """The eval result as a table that reads at 80 columns; every ``±`` is a 95% CI over the eval
+    prompts, printed as the report prints it (``harness.reporting.intervals``)."""
     from harness.cli.main import console
+    from harness.reporting.intervals import CI_LABEL, NONE, Z95, pm
+    from harness.reporting.tables import Table
+    from harness.reporting.terminal import print_table
 
-    table = Table(title="evaluation")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    pairs = [
-        ("gold_reward_mean", "baseline_gold_reward_mean"), ("rm_score_mean", "baseline_rm_score_mean"),
-        ("kl_mean", "kl_stderr"), ("rm_accuracy", "rm_accuracy_stderr"),
-    ]
-    for key, other in pairs:
+    n = result.get("n_prompts")
+
+    def se_of_mean(key: str) -> float:  # a per-prompt score's std -> the standard error of its mean
+        std = result.get(key)
+        if isinstance(std, (int, float)) and isinstance(n, int) and n > 1:
+            return float(std) / math.sqrt(n)
+        return math.nan
+
+    def cell(mean: Any, se: Any) -> str:
+        half = Z95 * float(se) if isinstance(se, (int, float)) and math.isfinite(se) else math.nan
+        return pm(mean, half)
+
+    rows: list[list[str]] = []
+    for score in ("gold_reward", "rm_score"):
+        if f"{score}_mean" in result:
+            base = result.get(f"baseline_{score}_mean")
+            rows.append([score, cell(result[f"{score}_mean"], se_of_mean(f"{score}_std")),
+                         cell(base, se_of_mean(f"baseline_{score}_std")) if base is not None else NONE])
+    for key in ("kl_mean", "rm_accuracy"):
         if key in result:
-            suffix = f"  (baseline {_fmt(result[other])})" if other.startswith("baseline") and other in result else \
-                f" ± {_fmt(result[other])}" if other in result and not other.startswith("baseline") else ""
-            table.add_row(key, _fmt(result[key]) + suffix)
+            rows.append([key.removesuffix("_mean"), cell(result[key], result.get(f"{key.removesuffix('_mean')}_stderr")),
+                         NONE])
     for kind, res in (result.get("judges") or {}).items():
         if "win_rate" in res:
-            table.add_row(f"win_rate ({kind})", f"{_fmt(res['win_rate'])} ± {_fmt(res['standard_error'])}")
-            table.add_row(f"LC win_rate ({kind})",
-                          f"{_fmt(res['length_controlled_winrate'])} ± {_fmt(res['lc_standard_error'])}")
+            rows.append([f"win_rate ({kind})", cell(res["win_rate"], res.get("standard_error")), "50"])
+            rows.append([f"LC win_rate ({kind})",
+                         cell(res.get("length_controlled_winrate"), res.get("lc_standard_error")), "50"])
     for task, res in (result.get("lm_eval") or {}).items():
-        for m, v in res["metrics"].items():
-            if not m.endswith("_stderr"):
-                table.add_row(f"{task} {m}", _fmt(v))
+        metrics = res.get("metrics") or {}
+        for m, v in metrics.items():
+            name, _, flt = m.partition("/")
+            if not name.endswith("_stderr"):
+                stderr = metrics.get(f"{name}_stderr" + (f"/{flt}" if flt else ""))
+                rows.append([f"{task} {m}", cell(v, stderr), NONE])
+    base_groups = result.get("baseline_gold_reward_by_group") or {}
+    for group, v in (result.get("gold_reward_by_group") or {}).items():
+        rows.append([f"gold_reward [{group}]", pm(v, math.nan), pm(base_groups.get(group), math.nan)])
+    baseline = result.get("baseline")
+    table = Table(["metric", f"value {CI_LABEL}", "baseline"], rows,
+                  caption=f"baseline: {baseline} (what the win rates judged the model against)" if baseline else "")
+    pairs = result.get("rm_n_pairs")
+    over = f"the {n} eval prompts" if n else f"the {pairs} held-out pairs" if pairs else "the evaluated examples"
+    print_table(console, table, title="evaluation", wrap=("metric",), notes=[
+        f"{CI_LABEL} over {over} (1.96 x the standard error the evaluation recorded); "
+        "a value without ± has no recorded error (per-group means have none)"])
     timing = result.get("timing_s") or {}
-    table.add_row("time (s)", "  ".join(f"{k} {v:.1f}" for k, v in timing.items()))
-    console.print(table)
+    if timing:
+        console.print("time (s): " + "  ".join(f"{k} {v:.1f}" for k, v in timing.items()), highlight=False)
     for where, what in {**(result.get("skipped") or {}), **(result.get("errors") or {})}.items():
         console.print(f"[yellow]{where}[/]: {what}", highlight=False)
 

@@ -4,17 +4,19 @@
     harness leaderboard runs/ [--model M] [--data D] [--judge J]
 
 Registered into the ``harness`` app by ``harness.cli.main`` (``register(app)``); the work is done
-by :mod:`harness.reporting.report` from :func:`harness.reporting.results.results_table`.
+by :mod:`harness.reporting.report` from :func:`harness.reporting.results.results_table`.  The
+leaderboard is printed at the terminal's width (``COLUMNS`` wins; 220 when piped), in panels of
+whole columns (:mod:`harness.reporting.terminal`), every metric as mean ± 95% CI.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table as RichTable
 
 _err = Console(stderr=True, soft_wrap=True)  # paths in messages stay on one line
 
@@ -55,9 +57,11 @@ def leaderboard(
     objective: str | None = typer.Option(None, help="metric that picks each method's best configuration"),
     csv: Path | None = typer.Option(None, help="also write the full leaderboard (every column) to this CSV"),
 ) -> None:
-    """One table across all sweeps and runs: each method's best configuration, mean ± 95% CI over seeds."""
+    """One table across all sweeps and runs: each method's best configuration, every metric mean ± 95% CI."""
     from harness.reporting.report import leaderboard as build
     from harness.reporting.report import leaderboard_table
+    from harness.reporting.tables import INTERVAL_LEGEND, group_tables
+    from harness.reporting.terminal import print_table
 
     _check_root(root)
     board = build(root, model=model, data=data, judge=judge, objective=objective)
@@ -66,14 +70,13 @@ def leaderboard(
     if board.empty:
         _err.print(f"no runs under {root} match the filters")
         raise typer.Exit(1)
-    cells = leaderboard_table(board)
-    table = RichTable(title=f"leaderboard: {root}", show_lines=False)
-    for h in cells.headers:
-        table.add_column(h, overflow="fold")
-    for row in cells.rows:
-        table.add_row(*row)
-    # wide tables stay readable when piped (a file has no terminal width)
-    Console(width=None if sys.stdout.isatty() else 220).print(table)
+    # the terminal's width (COLUMNS wins); piped output has none, so it gets a wide one
+    console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 220, highlight=False)
+    print_table(console, leaderboard_table(board), title=f"leaderboard: {root}",
+                wrap=("best configuration", "trials", "win rates vs baseline"), notes=[INTERVAL_LEGEND])
+    for table in group_tables(board):
+        console.print()
+        print_table(console, table, notes=["per-group means: ± 95% CI over seeds (none recorded per prompt)"])
 
 
 def register(app: typer.Typer) -> None:

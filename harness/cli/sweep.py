@@ -19,7 +19,6 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -109,40 +108,51 @@ def run_sweep_here(sweep: Any, slots: int | None, devices: str | None, max_trial
 
 
 def print_status(status: dict[str, Any]) -> None:
-    def num(v: Any, fmt: str = "{:.4g}") -> str:
-        return fmt.format(v) if isinstance(v, (int, float)) else "-"
+    """Per arm: trial counts, the best configuration (objective ± 95% CI over its seeds), mean
+    overheads; split into panels that fit the terminal (readable at 80 columns)."""
+    from harness.reporting.intervals import CI_LABEL, NONE, fmt, pm, t_quantile
+    from harness.reporting.tables import Table
+    from harness.reporting.terminal import print_table
 
-    t = Table(title=f"sweep {status['sweep']}: {status['direction']} {status['objective']} "
-                    f"({len(status['seeds'])} seed(s) per configuration)")
-    for col in ("arm", "budget", "done", "running", "waiting", "pruned", "failed", "retried",
-                "best", "best params", "to 1st step", "train", "after last", "(eval)", "import"):
-        t.add_column(col, overflow="fold")
+    def secs(v: Any) -> str:
+        return f"{v:.1f}s" if isinstance(v, (int, float)) else NONE
+
+    headers = ["arm", "budget", "done", "running", "waiting", "pruned", "failed", "retried",
+               f"best {CI_LABEL}", "best params", "to 1st step", "train", "after last", "(eval)", "import"]
+    rows = []
     for a in status["arms"]:
         if not a.get("exists"):
-            t.add_row(a["arm"], str(a["budget"]), *["-"] * 13)
+            rows.append([a["arm"], str(a["budget"]), *[NONE] * 13])
             continue
         b = a.get("best")
-        best = "-"
-        params = ""
+        best, params = NONE, ""
         if b:
-            best = num(b["value"]) + (f" ± {num(b['std'])}" if b.get("n_seeds") and b["n_seeds"] > 1 else "")
-            params = ", ".join(f"{k.split('.')[-1]}={num(v) if isinstance(v, float) else v}" for k, v in b["params"].items())
+            n, std = b.get("n_seeds") or 1, b.get("std")
+            # the sweep records the seeds' sample standard deviation: the CI is t * std / sqrt(n)
+            half = t_quantile(n) * std / n ** 0.5 if n > 1 and isinstance(std, (int, float)) else float("nan")
+            best = pm(b["value"], half)
+            params = ", ".join(f"{k.split('.')[-1]}={fmt(v) if isinstance(v, float) else v}"
+                               for k, v in b["params"].items())
             params = f"#{b['number']}: {params}"
         o = a["overhead"]
-        t.add_row(a["arm"] + (f" ({a['method']})" if a["method"] != a["arm"] else ""), str(a["budget"]),
-                  str(a["complete"]), str(a["running"]), str(a["waiting"]), str(a["pruned"]), str(a["failed"]),
-                  str(a["retried"]), best, params, num(o.get("to_first_step_s"), "{:.1f}s"),
-                  num(o.get("train_s"), "{:.1f}s"), num(o.get("after_last_step_s"), "{:.1f}s"),
-                  num(o.get("eval_s"), "{:.1f}s"), num(o.get("import_s"), "{:.1f}s"))
-    console.print(t)
-    console.print("per run means: 'to 1st step' = trial asked -> first optimizer step; 'train' = optimizer steps; "
-                  "'after last' = last step -> run finished, of which '(eval)' is evaluation; 'import' = imports "
-                  "paid once per worker by its fork server (its first trial waits for them)")
+        rows.append([a["arm"] + (f" ({a['method']})" if a["method"] != a["arm"] else ""), str(a["budget"]),
+                     str(a["complete"]), str(a["running"]), str(a["waiting"]), str(a["pruned"]), str(a["failed"]),
+                     str(a["retried"]), best, params, secs(o.get("to_first_step_s")), secs(o.get("train_s")),
+                     secs(o.get("after_last_step_s")), secs(o.get("eval_s")), secs(o.get("import_s"))])
+    print_table(console, Table(headers, rows),
+                title=f"sweep {status['sweep']}: {status['direction']} {status['objective']} "
+                      f"({len(status['seeds'])} seed(s) per configuration)",
+                wrap=("best params",), notes=[
+                    f"best: the objective's mean over the seeds of the best trial, {CI_LABEL} over those seeds "
+                    "(none with one seed)",
+                    "per run means: 'to 1st step' = trial asked -> first optimizer step; 'train' = optimizer "
+                    "steps; 'after last' = last step -> run finished, of which '(eval)' is evaluation; 'import' = "
+                    "imports paid once per worker by its fork server (its first trial waits for them)"])
     for a in status["arms"]:
         for f in (a.get("failures") or [])[-5:]:
             tag = "retried" if f["retried"] else "failed"
             console.print(f"  {a['arm']} #{f['number']} {tag}: {f['reason']}", markup=False)
-    console.print(f"storage {status['storage']}  runs {status['output_dir']}")
+    console.print(f"storage {status['storage']}  runs {status['output_dir']}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

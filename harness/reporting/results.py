@@ -21,7 +21,11 @@ state.  Columns:
   nested sections flattened with ``/`` (``final_metrics/loss``), and the ``eval`` section
   flattened *without* a prefix (``win_rate``, ``length_controlled_winrate``,
   ``gold_reward_mean``, ``kl_mean``, ``lm_eval/<task>/<metric>``, ``judge/<field>``);
-  ``judge`` names the judge so numbers of different judges are never compared;
+  ``judge`` names the judge so numbers of different judges are never compared; per-group
+  means (``gold_reward_by_group`` / ``baseline_gold_reward_by_group`` of a world whose eval
+  prompts come in groups) become ``gold_reward_by_group/<group>``, where the group name may
+  itself hold ``/`` (``gold_reward_by_group/cluster/arithmetic``): :func:`by_group_columns`
+  maps them back to group names;
 - training progress (``metrics.jsonl``): ``last_step`` and ``last/<key>``, the last logged
   value of every metric, so running and failed runs show how far they got;
 - cost: ``wall_time_s``, ``tokens_per_s``, ``peak_memory_mb``, ``trainable_params``,
@@ -117,6 +121,23 @@ def config_id(spec_columns: Mapping[str, Any]) -> str:
                    if k.split(".")[0] in CONFIG_SECTIONS and k not in NOT_CONFIG)
     text = json.dumps(items, default=str, allow_nan=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+#: how the evaluation names per-group means: ``<score>_by_group`` = {group: mean}
+BY_GROUP = "_by_group"
+
+
+def by_group_columns(df: pd.DataFrame, score: str = "gold_reward") -> dict[str, str]:
+    """``{group: column}`` of the per-group means of ``score`` (``gold_reward``,
+    ``baseline_gold_reward``) in a results table, groups sorted by name."""
+    prefix = f"{score}{BY_GROUP}/"
+    return {c.removeprefix(prefix): c for c in sorted(df.columns) if c.startswith(prefix)}
+
+
+def group_scores(df: pd.DataFrame) -> list[str]:
+    """The scores that have per-group means in ``df`` (the candidate's, not the baseline's)."""
+    found = {c.split(f"{BY_GROUP}/", 1)[0] for c in df.columns if f"{BY_GROUP}/" in c and not c.startswith("summary/")}
+    return sorted(s for s in found if not s.startswith("baseline_") and "/" not in s)
 
 
 def _read(run: Run, what: str, errors: list[str]) -> Any:
