@@ -22,7 +22,7 @@ from harness.core.contract import (
     register_method,
     require_positive,
 )
-from harness.core.online_losses import aggregate_tokens, grpo_advantages, grpo_loss, masked_mean
+from harness.core.online_losses import aggregate_tokens, global_mean, grpo_advantages, grpo_loss, masked_mean
 
 
 @dataclass
@@ -80,7 +80,7 @@ class GRPO:
     def advantages(self, hp: GRPOConfig, rollout: Any, state: dict[str, Any]) -> dict[str, Any]:
         adv = grpo_advantages(rollout.scores, rollout.group_size, scale_by_std=hp.scale_rewards)
         out: dict[str, Any] = {"advantages": adv, "old_logps": rollout.logps,
-                               "metrics": {"zero_advantage_share": float((adv == 0).float().mean())}}
+                               "metrics": {"zero_advantage_share": global_mean((adv == 0).float(), rollout.all_reduce)}}
         if rollout.ref_logps is not None:
             out["ref_logps"] = rollout.ref_logps
         return out

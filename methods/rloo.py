@@ -20,7 +20,7 @@ from harness.core.contract import (
     register_method,
     require_positive,
 )
-from harness.core.online_losses import masked_sum, rloo_advantages
+from harness.core.online_losses import global_mean, masked_sum, rloo_advantages
 
 
 @dataclass
@@ -67,9 +67,10 @@ class RLOO:
         if rollout.ref_logps is not None:
             seq_kl = masked_sum(rollout.logps - rollout.ref_logps, rollout.mask, dim=-1)
             rewards = rewards - hp.beta * seq_kl
-            metrics["kl_per_sequence"] = float(seq_kl.mean())
+            metrics["kl_per_sequence"] = global_mean(seq_kl, rollout.all_reduce)
         adv = rloo_advantages(rewards, hp.k)
-        return {"advantages": adv, "metrics": {**metrics, "penalised_reward": float(rewards.mean())}}
+        return {"advantages": adv,
+                "metrics": {**metrics, "penalised_reward": global_mean(rewards, rollout.all_reduce)}}
 
     def objective(self, hp, policy, given, norm):
         r"""REINFORCE with the leave-one-out baseline (eq. 7):

@@ -131,6 +131,9 @@ class PeftSpec:
 
 @dataclass
 class TrainSpec:
+    #: AdamW (decoupled weight decay), or plain SGD (no momentum: a step is -lr x the gradient,
+    #: what gradient-invariance checks compare)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-4
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_ratio: float = 0.0

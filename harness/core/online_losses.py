@@ -124,6 +124,14 @@ def global_moments(x: Tensor, mask: Tensor, all_reduce: Callable[[Tensor], Tenso
     return mean.to(x.dtype), var.to(x.dtype)
 
 
+def global_mean(x: Tensor, all_reduce: Callable[[Tensor], Tensor] | None = None) -> float:
+    """Mean of every element of ``x`` over all processes (a statistic to log)."""
+    s = torch.stack([x.double().sum(), torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)])
+    if all_reduce is not None:
+        s = all_reduce(s)
+    return float(s[0] / s[1].clamp(min=1))
+
+
 def global_whiten(x: Tensor, mask: Tensor, all_reduce: Callable[[Tensor], Tensor] | None = None,
                   shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
     """:func:`whiten` with the moments of the whole data-parallel batch (:func:`global_moments`);

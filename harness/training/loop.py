@@ -115,6 +115,7 @@ class LoopConfig:
     save_every: int | None
     seed: int
     progress: bool
+    optimizer: str = "adamw"
 
 
 def total_steps_for(n_examples: int, batch_size: int, grad_accum: int, processes: int, epochs: int, max_steps: int | None) -> int:
@@ -273,7 +274,8 @@ def train(
     groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if critic is not None:
         groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "lr": critic_lr or cfg.lr})
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = (torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd"
+                 else torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
     scheduler = get_scheduler(
         cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", optimizer,
         num_warmup_steps=int(cfg.warmup_ratio * cfg.total_steps), num_training_steps=cfg.total_steps,

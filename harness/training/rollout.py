@@ -172,10 +172,16 @@ class RolloutSource:
         picks = [self.aux_examples[rng.randrange(len(self.aux_examples))] for _ in range(self.batch_size)]
         return collate(picks, self.pad_id, ("completion",))
 
-    def _my_prompts(self, cycle: int) -> list[Any]:
+    def _my_chunks(self, cycle: int) -> list[tuple[int, list[Any]]]:
+        """This process's prompts of the cycle in chunks of ``batch_size`` prompts, each with its
+        index among the cycle's chunks.  A chunk is sampled with its own seed, so how the
+        chunks are spread over processes and micro-batches does not change the samples."""
         per_rollout = self.rollout_prompts * self.P
         idx = step_examples(len(self.prompts), per_rollout, self.seed, cycle)
-        return [self.prompts[i] for i in idx[self.rank * self.rollout_prompts:(self.rank + 1) * self.rollout_prompts]]
+        first = self.rank * self.rollout_prompts // self.batch_size
+        return [(first + c, [self.prompts[i] for i in idx[lo:lo + self.batch_size]])
+                for c, lo in enumerate(range(self.rank * self.rollout_prompts, (self.rank + 1) * self.rollout_prompts,
+                                             self.batch_size))]
 
     def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.P == 1:
@@ -214,13 +220,17 @@ class RolloutSource:
 
     def _rollout(self, cycle: int) -> dict[str, Any]:
         plan = self.plan
-        prompts = self._my_prompts(cycle)
-        params = SamplingParams(max_new_tokens=plan.max_new_tokens, temperature=plan.temperature, top_p=plan.top_p,
-                                num_return_sequences=plan.samples_per_prompt,
-                                seed=(self.seed * 1_000_003 + cycle) * 131 + self.rank)
         t0 = time.perf_counter()
-        comps = generate(self.model, self.tok, prompts, params, batch_size=self.gen_batch_size,
-                         max_prompt_length=self.max_prompt_length)
+        prompts: list[Any] = []
+        comps = []
+        for chunk, chunk_prompts in self._my_chunks(cycle):
+            params = SamplingParams(max_new_tokens=plan.max_new_tokens, temperature=plan.temperature, top_p=plan.top_p,
+                                    num_return_sequences=plan.samples_per_prompt, seed=_seed(self.seed, cycle, chunk))
+            for c in generate(self.model, self.tok, chunk_prompts, params, batch_size=len(chunk_prompts),
+                              max_prompt_length=self.max_prompt_length):
+                c.prompt_index += len(prompts)
+                comps.append(c)
+            prompts += chunk_prompts
         t_gen = time.perf_counter() - t0
         k = plan.samples_per_prompt
         texts = [c.text for c in comps]
@@ -293,15 +303,15 @@ class RolloutSource:
         t1 = time.perf_counter()
         prefs = self.reward.compare([instr[i] for i in a], [texts[i] for i in a], [texts[j] for j in b])
         metrics["time/scoring_s"] = time.perf_counter() - t1
-        rng = random.Random(_seed(self.seed, cycle, self.rank, "ties"))
         pairs, ties = [], 0
+        base = self.rank * self.rollout_prompts
         for n, (i, j, p) in enumerate(zip(a, b, prefs)):
-            if p == 0.5:
+            if p == 0.5:  # a coin seeded by the prompt's place in the cycle: the same on any process layout
                 ties += 1
-                p = float(rng.random() < 0.5)
+                p = float(random.Random(_seed(self.seed, cycle, base + n, "tie")).random() < 0.5)
             win, lose = (i, j) if p > 0.5 else (j, i)
             seg = {"chosen": examples[win]["segments"]["completion"], "rejected": examples[lose]["segments"]["completion"]}
-            pairs.append({"idx": n, "segments": seg})
+            pairs.append({"idx": n, "segments": seg, "winner": win})
         with self._eval_mode():
             ref = {s: torch.zeros(len(pairs)) for s in ("chosen", "rejected")}
             if self.reference is not None:
@@ -311,7 +321,7 @@ class RolloutSource:
                         out = forward_segments(ref_model, bt.to(self.acc.device), "causal_lm")
                         for s in ("chosen", "rejected"):
                             ref[s][lo:lo + bt.size] = out[s].logps.float().cpu()
-        chosen_len = torch.tensor([float(len(texts[(i if p > 0.5 else j)])) for i, j, p in zip(a, b, prefs)])
+        chosen_len = torch.tensor([float(len(texts[int(p_["winner"])])) for p_ in pairs])
         metrics["rollout/tie_share"] = self._global_mean(torch.tensor([float(ties)]), len(pairs))
         metrics["rollout/chosen_chars"] = self._global_mean(chosen_len, len(pairs))
         return {"examples": pairs, "given": ref, "segments": ("chosen", "rejected")}

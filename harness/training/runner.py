@@ -27,6 +27,7 @@ from harness.core.config import RunSpec, load_spec, spec_to_dict
 from harness.core.contract import METHODS, SEGMENTS, DataKind, MethodAdapter, load_methods
 from harness.data.batching import fingerprint, tokenize_cached
 from harness.modeling import peft_setup
+from harness.modeling.generation import resolve_model_dir
 from harness.modeling.identity import weights_fingerprint
 from harness.store.cache import build_dir, cache_dir
 from harness.store.runs import Run, atomic_write_text
@@ -39,6 +40,7 @@ from harness.worlds.base import (
     WorldError,
     WorldOptions,
     base_model_target,
+    find_base_model,
     get_world,
     is_world,
     parse_model_name,
@@ -142,8 +144,9 @@ def default_model(spec: RunSpec) -> str:
 
 
 def resolve_model_path(spec: RunSpec) -> str:
+    """The directory (or hub id) to load: a world base model built if needed, a run dir's final/."""
     name = default_model(spec)
-    return str(ensure_model(name, world_options(spec.data)) or name)
+    return resolve_model_dir(str(ensure_model(name, world_options(spec.data)) or name))
 
 
 def resolve_data_source(spec: RunSpec, kind: DataKind) -> str:
@@ -228,7 +231,7 @@ def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
     eval_ex = tokenize_cached(eval_records, tok, kind, t.max_length, t.max_prompt_length, tok_cache)
     ref = model_path
     if spec.model.reference:
-        ref = str(ensure_model(spec.model.reference, world_options(spec.data)) or spec.model.reference)
+        ref = resolve_model_dir(str(ensure_model(spec.model.reference, world_options(spec.data)) or spec.model.reference))
     return Prepared(adapter, model_path, ref, tok, train_ex, eval_ex, loaded.source, loaded.n_skipped, records)
 
 
@@ -261,6 +264,9 @@ def make_accelerator(spec: RunSpec) -> Any:
     return Accelerator(
         mixed_precision="bf16" if spec.train.precision == "bf16" else "no",
         cpu=not torch.cuda.is_available(),
+        # total_steps counts global optimizer steps; accelerate would otherwise advance the
+        # schedule once per process per step (it assumes per-process step counts)
+        step_scheduler_with_optimizer=False,
     )
 
 
@@ -317,7 +323,50 @@ def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: A
     return out[0], out[1], info
 
 
+class _FollowerRun(Run):
+    """The run as seen by processes other than the main one of a multi-process run: the same
+    directory, read-only (the main process writes status, metrics, summary and weights)."""
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        return None
+
+    def write_env(self) -> None:
+        return None
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        return None
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        return None
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        return None
+
+
+def _processes() -> Any:
+    from accelerate.state import PartialState
+
+    # on a CPU-only host a launched group is only seen with cpu=True (gloo); a GPU host uses NCCL
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _open_run(spec: RunSpec) -> tuple[Run, Path | None]:
+    """The run directory; with several processes (torchrun / accelerate launch) the main one
+    creates it and the others follow it read-only."""
+    state = _processes()
+    if state.num_processes == 1:
+        return _open_run_here(spec)
+    box: list[Any] = [None]
+    if state.is_main_process:
+        run, ckpt = _open_run_here(spec)
+        box = [(str(run.path), None if ckpt is None else str(ckpt))]
+    torch.distributed.broadcast_object_list(box, src=0)
+    path, ckpt_s = box[0]
+    run = Run(path) if state.is_main_process else _FollowerRun(path)
+    return run, None if ckpt_s is None else Path(ckpt_s)
+
+
+def _open_run_here(spec: RunSpec) -> tuple[Run, Path | None]:
     if spec.train.resume_from:
         ckpt = Path(spec.train.resume_from)
         if not (ckpt / "trainer_state.json").exists():
@@ -335,8 +384,18 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
     """Train (and evaluate) one run; returns its store handle.  Raises after recording failures."""
     t_start = time.perf_counter()
     adapter = check_spec(spec)
-    ensure_spec_models(spec)
+    if _processes().num_processes > 1:
+        # a base-model build is itself a (single-process) run: it cannot happen inside a launched group
+        for section, key in MODEL_FIELDS:
+            name = getattr(getattr(spec, section), key)
+            try:
+                find_base_model(name or "", world_options(spec.data))
+            except WorldError as e:
+                raise SpecError(f"{section}.{key}: {e}; build it before launching several processes") from None
+    else:
+        ensure_spec_models(spec)
     run, resume = _open_run(spec)
+    main = not isinstance(run, _FollowerRun)
     run.write_config(spec_to_dict(spec))
     run.write_env()
     run.set_status("running", pid=os.getpid(), host=os.uname().nodename)
@@ -387,6 +446,7 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
             max_grad_norm=t.max_grad_norm, batch_size=t.batch_size, grad_accum=t.grad_accum, total_steps=total,
             precision=t.precision, gradient_checkpointing=t.gradient_checkpointing, log_every=t.log_every,
             eval_every=t.eval_every, save_every=t.save_every, seed=spec.seed, progress=t.progress,
+            optimizer=t.optimizer,
         )
         result = train(
             adapter=adapter, hp=spec.method.hp, model=model, accelerator=accelerator, cfg=cfg, source=source,
@@ -422,7 +482,7 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
             summary["online"] = online.summary()
         # adapter runs: parameterisation, and counts with 4-bit weights unpacked
         summary.update(peft_setup.summary_fields(unwrapped, spec, prep.model_path))
-        if spec.eval.enabled:
+        if spec.eval.enabled and main:
             summary["eval"] = _evaluate(run, spec, prep, unwrapped, tracker)
         summary["teardown_time_s"] = time.perf_counter() - t_after
         summary["wall_time_s"] = time.perf_counter() - t_start
@@ -442,7 +502,8 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
             tracker.finish("pruned")
             raise
         run.set_status("failed", error=f"{type(e).__name__}: {e}")
-        (run.path / "error.txt").write_text(traceback.format_exc())
+        if main:
+            (run.path / "error.txt").write_text(traceback.format_exc())
         tracker.finish("failed")
         raise
 
@@ -461,7 +522,7 @@ def _tracker(spec: RunSpec, run: Run, override: str | None) -> Any:
     from harness.store.tracking import Tracker, make_tracker
 
     mode = override or spec.tracking.mode
-    if mode == "disabled":
+    if mode == "disabled" or isinstance(run, _FollowerRun):
         return Tracker()
     tr = make_tracker(None if mode == "auto" else mode, project=spec.tracking.project)
     tr.start(run.path, run.name, spec_to_dict(spec), group=spec.tracking.group, job_type=spec.tracking.job_type or spec.method_name)
