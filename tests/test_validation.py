@@ -199,7 +199,7 @@ def test_max_length_beyond_the_models_positions_fails_before_training(run_spec, 
     from harness.training.runner import SpecError, execute
 
     spec = run_spec("method=dpo", "train.max_length=4096", "train.max_prompt_length=32")
-    with pytest.raises(SpecError, match=r"train.max_length=4096 exceeds the 256 positions of model.name_or_path"):
+    with pytest.raises(SpecError, match=r"train.max_length=4096 exceeds the 256 positions of model.name_or_path 'toy:tiny'"):
         execute(spec)
     assert no_model_loads == []
 
@@ -306,6 +306,11 @@ def test_unknown_hub_model_fails_before_training_naming_the_id(run_spec, tmp_pat
     msg = str(e.value)
     assert msg.startswith("model.name_or_path: 'no-such-org/no-such-model' is not a local directory")
     assert "offline (" in msg and "HF_HUB_OFFLINE=1" in msg
+    # a hub id only evaluation uses must not fail after training either
+    spec = run_spec("method=dpo", f"data={data}", "eval.enabled=true", f"eval.prompts={data}",
+                    "eval.baseline=no-such-org/baseline")
+    with pytest.raises(SpecError, match="^eval.baseline: 'no-such-org/baseline' is not a local directory"):
+        execute(spec)
     assert no_model_loads == []
 
 

@@ -301,11 +301,13 @@ def _check_single_file(spec: RunSpec, adapter: MethodAdapter) -> None:
         )
 
 
-def check_model_source(label: str, path: str, spec: RunSpec) -> Any:
+def check_model_source(label: str, path: str, spec: RunSpec, shown: str | None = None, positions: bool = True) -> Any:
     """Read a model's config (a few KB, no weights) before any data or weights load: an unknown
     or unreachable hub id fails naming the id (and whether the process is offline), and a
     ``train.max_length`` beyond the model's positions fails before training.  Returns the config
-    (None for a local directory without one, e.g. a bare adapter, which loading will judge)."""
+    (None for a local directory without one, e.g. a bare adapter, which loading will judge).
+    ``shown``: the name the user gave (``toy:tiny``) when ``path`` is what it resolved to;
+    ``positions``: whether train.max_length must fit the model (the trained model and its reference)."""
     from transformers import AutoConfig
 
     from harness.data.load import hub_unavailable
@@ -314,18 +316,20 @@ def check_model_source(label: str, path: str, spec: RunSpec) -> Any:
     if local.is_dir() and not (local / "config.json").is_file():
         return None
     try:
-        cfg = AutoConfig.from_pretrained(path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code)
+        # model.revision names a revision of the model (and its reference), not of evaluation's models
+        revision = spec.model.revision if label.startswith("model.") else None
+        cfg = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=spec.model.trust_remote_code)
     except Exception as e:  # hub, network and parsing errors come in many types
         if local.exists():
             raise SpecError(f"{label}: {path!r}: cannot read its config: {type(e).__name__}: {e}") from None
         raise SpecError(f"{label}: {hub_unavailable('model', path, e)}") from None
     cfg = getattr(cfg, "text_config", None) or cfg
-    positions = next((v for a in ("max_position_embeddings", "n_positions", "max_sequence_length")
-                      if isinstance(v := getattr(cfg, a, None), int) and v > 0), None)
-    if positions is not None and spec.train.max_length > positions:
+    limit = next((v for a in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                  if isinstance(v := getattr(cfg, a, None), int) and v > 0), None)
+    if positions and limit is not None and spec.train.max_length > limit:
         raise SpecError(
-            f"train.max_length={spec.train.max_length} exceeds the {positions} positions of {label} {path!r}; "
-            f"use train.max_length<={positions}"
+            f"train.max_length={spec.train.max_length} exceeds the {limit} positions of {label} {shown or path!r}; "
+            f"use train.max_length<={limit}"
         )
     return cfg
 
@@ -345,11 +349,15 @@ def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
     adapter = adapter or check_spec(spec)
     kind = adapter.data_kind
     model_path = resolve_model_path(spec)
-    check_model_source("model.name_or_path", model_path, spec)
+    check_model_source("model.name_or_path", model_path, spec, spec.model.name_or_path)
     ref = model_path
     if spec.model.reference:
         ref = str(ensure_model(spec.model.reference, world_options(spec.data)) or spec.model.reference)
-        check_model_source("model.reference", ref, spec)
+        check_model_source("model.reference", ref, spec, spec.model.reference)
+    if spec.eval.enabled:  # a hub id evaluation would use must not fail only after training
+        for label, name in (("eval.baseline", spec.eval.baseline), ("eval.reward_model", spec.eval.reward_model)):
+            if name and parse_model_name(name) is None and not Path(name).expanduser().exists():
+                check_model_source(label, name, spec, positions=False)
     source = resolve_data_source(spec, kind)
     # data first: a malformed row should stop the run before any model loads
     loaded = load_records(source, spec.data.split, kind, fmt=spec.data.format, max_samples=spec.data.max_samples,
@@ -528,16 +536,21 @@ def _open_run(spec: RunSpec) -> tuple[Run, Path | None]:
     if spec.name is not None and spec.name != run.name:
         raise SpecError(f"name={spec.name!r}: train.resume_from belongs to run {run.name!r}; drop name= or make it match")
     step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
-    saved, current = _flat(run.config()), _flat(spec_to_dict(spec))
+    try:
+        saved = _flat(run.config())
+    except Exception as e:  # a hand-edited or torn file: the resume cannot be checked, so it is refused
+        raise SpecError(f"train.resume_from: cannot read run {run.name!r}'s config.yaml to check the resume against: "
+                        f"{type(e).__name__}: {e}") from None
+    current = _flat(spec_to_dict(spec))
     changed = sorted(k for k in saved.keys() | current.keys()
                      if not _resume_safe(k) and k not in ("train.max_steps", "train.epochs")
                      and saved.get(k, "<unset>") != current.get(k, "<unset>"))
     if changed:
         shown = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r}" for k in changed[:12])
-        more = f"; and {len(changed) - 12} more" if len(changed) > 12 else ""
+        more = f" and {len(changed) - 12} more" if len(changed) > 12 else ""
         raise SpecError(
             f"train.resume_from: the spec differs from run {run.name!r}'s own in {', '.join(changed[:12])}{more} "
-            f"({shown}{more}); a resume may change only evaluation, tracking, logging and checkpoint cadence, "
+            f"({shown}); a resume may change only evaluation, tracking, logging and checkpoint cadence, "
             "and train longer (train.max_steps / train.epochs): start a new run for another configuration"
         )
     _check_resume_length(saved, current, step)
