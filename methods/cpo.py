@@ -6,13 +6,13 @@
 from dataclasses import dataclass
 from typing import Any
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
     pairwise_metrics,
     register_method,
-    require_positive,
     suggest_beta_lr,
 )
 from harness.core.losses import cpo_loss, sft_loss
@@ -20,12 +20,10 @@ from harness.core.losses import cpo_loss, sft_loss
 
 @dataclass
 class CPOConfig:
-    beta: float = 0.1
-    #: weight of the NLL term on the chosen response (the paper's behaviour-cloning regulariser)
-    nll_weight: float = 1.0
-
-    def validate(self) -> None:
-        require_positive(beta=self.beta)
+    #: temperature β of the preference term (paper: 0.1)
+    beta: float = ranged(0.1, gt=0)
+    #: weight of the NLL term on the chosen response (the paper's behaviour-cloning regulariser; 0 = none)
+    nll_weight: float = ranged(1.0, ge=0)
 
 
 @register_method

@@ -7,13 +7,13 @@
 from dataclasses import dataclass
 from typing import Any
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
     pairwise_metrics,
     register_method,
-    require_positive,
     suggest_beta_lr,
 )
 from harness.core.losses import dpo_loss
@@ -22,14 +22,9 @@ from harness.core.losses import dpo_loss
 @dataclass
 class DPOConfig:
     #: KL-penalty strength β (paper: 0.1 for most experiments)
-    beta: float = 0.1
-    #: ε of cDPO: assumed probability that a preference label is flipped
-    label_smoothing: float = 0.0
-
-    def validate(self) -> None:
-        require_positive(beta=self.beta)
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+    beta: float = ranged(0.1, gt=0)
+    #: ε of cDPO: assumed probability that a preference label is flipped (0 = plain DPO; 0.5 = no signal)
+    label_smoothing: float = ranged(0.0, ge=0, lt=0.5)
 
 
 @register_method
@@ -54,7 +49,8 @@ class DPO:
 
 @dataclass
 class CDPOConfig(DPOConfig):
-    label_smoothing: float = 0.1
+    #: ε: assumed probability that a preference label is flipped (0.5 = no signal)
+    label_smoothing: float = ranged(0.1, ge=0, lt=0.5)
 
 
 @register_method

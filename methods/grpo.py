@@ -14,13 +14,13 @@ No value model.
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
     RolloutPlan,
     register_method,
-    require_positive,
 )
 from harness.core.online_losses import aggregate_tokens, global_mean, grpo_advantages, grpo_loss, masked_mean
 
@@ -28,34 +28,26 @@ from harness.core.online_losses import aggregate_tokens, global_mean, grpo_advan
 @dataclass
 class GRPOConfig:
     #: completions per prompt (G)
-    group_size: int = 8
+    group_size: int = ranged(8, ge=2, le=4096)
     #: β of the k3 KL-to-reference term (paper: 0.04; 0 drops the reference)
-    beta: float = 0.04
-    clip_eps: float = 0.2
+    beta: float = ranged(0.04, ge=0)
+    clip_eps: float = ranged(0.2, gt=0)
     #: DAPO's decoupled upper clip bound; None = clip_eps
-    clip_eps_high: float | None = None
+    clip_eps_high: float | None = ranged(None, gt=0)
     #: divide advantages by the group's reward std (GRPO); false = Dr. GRPO
     scale_rewards: bool = True
     #: "sequence": mean over each completion's tokens, then over completions (the paper);
     #: "token": every token of the step weighs the same (DAPO); "dr_grpo": sum / max_new_tokens
     loss_aggregation: Literal["sequence", "token", "dr_grpo"] = "sequence"
     #: policy updates per rollout (μ)
-    iterations: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 32
+    iterations: int = ranged(1, ge=1, le=1000)
+    temperature: float = ranged(1.0, gt=0)
+    top_p: float = ranged(1.0, gt=0, le=1)
+    max_new_tokens: int = ranged(32, ge=1, le=1 << 20)
 
     def validate(self) -> None:
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (a group baseline needs two samples), got {self.group_size}")
-        require_positive(clip_eps=self.clip_eps, iterations=self.iterations, temperature=self.temperature,
-                         max_new_tokens=self.max_new_tokens)
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.clip_eps_high is not None and self.clip_eps_high < self.clip_eps:
             raise ValueError(f"clip_eps_high ({self.clip_eps_high}) must be >= clip_eps ({self.clip_eps})")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @register_method

@@ -6,13 +6,13 @@
 from dataclasses import dataclass
 from typing import Any
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
     pairwise_metrics,
     register_method,
-    require_positive,
     suggest_beta_lr,
 )
 from harness.core.losses import ipo_loss
@@ -20,13 +20,10 @@ from harness.core.losses import ipo_loss
 
 @dataclass
 class IPOConfig:
-    #: the paper's τ (regularisation towards the reference)
-    beta: float = 0.1
+    #: the paper's τ (regularisation towards the reference); the loss regresses the gap to 1/(2τ)
+    beta: float = ranged(0.1, gt=0)
     #: average log-probs over completion tokens (TRL's convention); false: summed as in the paper
     length_normalize: bool = True
-
-    def validate(self) -> None:
-        require_positive(beta=self.beta)
 
 
 @register_method

@@ -6,12 +6,12 @@
 from dataclasses import dataclass
 from typing import Any
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
     register_method,
-    require_positive,
     suggest_beta_lr,
 )
 from harness.core.losses import kto_kl_estimate, kto_loss
@@ -19,13 +19,12 @@ from harness.core.losses import kto_kl_estimate, kto_loss
 
 @dataclass
 class KTOConfig:
-    beta: float = 0.1
-    #: λ_D and λ_U; the paper keeps λ_D·n_D / (λ_U·n_U) in [1, 4/3] under imbalance
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-
-    def validate(self) -> None:
-        require_positive(beta=self.beta)
+    #: KL-penalty strength β (paper: 0.1)
+    beta: float = ranged(0.1, gt=0)
+    #: λ_D, weight of desirable examples; the paper keeps λ_D·n_D / (λ_U·n_U) in [1, 4/3] under imbalance
+    desirable_weight: float = ranged(1.0, gt=0)
+    #: λ_U, weight of undesirable examples
+    undesirable_weight: float = ranged(1.0, gt=0)
 
 
 @register_method

@@ -15,6 +15,7 @@ cleanly when it is spent.
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
@@ -22,7 +23,6 @@ from harness.core.contract import (
     RolloutPlan,
     pairwise_metrics,
     register_method,
-    require_positive,
     suggest_beta_lr,
 )
 from harness.core.losses import dpo_loss, ipo_loss
@@ -31,21 +31,14 @@ from harness.core.online_losses import slic_loss
 
 @dataclass
 class OnlineDPOConfig:
-    beta: float = 0.1
+    beta: float = ranged(0.1, gt=0)
     #: the objective on each annotated pair: DPO (sigmoid), IPO, or SLiC's hinge
     loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
     #: most annotations (pairs judged) for the whole run; None = unlimited
-    annotation_budget: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 32
-
-    def validate(self) -> None:
-        require_positive(beta=self.beta, temperature=self.temperature, max_new_tokens=self.max_new_tokens)
-        if self.annotation_budget is not None and self.annotation_budget < 1:
-            raise ValueError(f"annotation_budget must be >= 1 when set, got {self.annotation_budget}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    annotation_budget: int | None = ranged(None, ge=1, le=2**31 - 1)
+    temperature: float = ranged(1.0, gt=0)
+    top_p: float = ranged(1.0, gt=0, le=1)
+    max_new_tokens: int = ranged(32, ge=1, le=1 << 20)
 
 
 @register_method

@@ -6,13 +6,13 @@
 from dataclasses import dataclass
 from typing import Any
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
     pairwise_metrics,
     register_method,
-    require_positive,
     suggest_beta_lr,
 )
 from harness.core.losses import orpo_odds_ratio_loss, sft_loss
@@ -21,10 +21,7 @@ from harness.core.losses import orpo_odds_ratio_loss, sft_loss
 @dataclass
 class ORPOConfig:
     #: the paper's λ weighting the odds-ratio term (TRL calls it beta); paper: 0.1
-    beta: float = 0.1
-
-    def validate(self) -> None:
-        require_positive(beta=self.beta)
+    beta: float = ranged(0.1, gt=0)
 
 
 @register_method

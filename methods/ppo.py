@@ -18,13 +18,13 @@ PPO steps on the rollout while the critic fits the returns with a clipped value 
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
     RolloutPlan,
     register_method,
-    require_positive,
 )
 from harness.core.online_losses import (
     AdaptiveKLController,
@@ -43,47 +43,33 @@ from harness.core.online_losses import (
 @dataclass
 class PPOConfig:
     #: β of the per-token KL penalty to the SFT reference (InstructGPT: 0.02); the initial value with adaptive_kl
-    kl_coef: float = 0.02
+    kl_coef: float = ranged(0.02, ge=0)
     #: Ziegler et al.'s proportional controller of β towards kl_target (nats per sequence)
     adaptive_kl: bool = False
-    kl_target: float = 6.0
-    kl_horizon: float = 10000.0
+    kl_target: float = ranged(6.0, gt=0)
+    kl_horizon: float = ranged(10000.0, gt=0)
     #: GAE discount and λ
-    gamma: float = 1.0
-    lam: float = 0.95
+    gamma: float = ranged(1.0, ge=0, le=1)
+    lam: float = ranged(0.95, ge=0, le=1)
     #: ε of the clipped ratio, and the value-function clip range
-    clip_eps: float = 0.2
-    value_clip: float = 0.2
-    vf_coef: float = 0.1
+    clip_eps: float = ranged(0.2, gt=0)
+    value_clip: float = ranged(0.2, gt=0)
+    vf_coef: float = ranged(0.1, ge=0)
     #: optimisation passes over each rollout, and optimizer steps per pass
-    epochs: int = 4
-    minibatches: int = 1
-    samples_per_prompt: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 32
+    epochs: int = ranged(4, ge=1, le=1000)
+    minibatches: int = ranged(1, ge=1, le=4096)
+    samples_per_prompt: int = ranged(1, ge=1, le=4096)
+    temperature: float = ranged(1.0, gt=0)
+    top_p: float = ranged(1.0, gt=0, le=1)
+    max_new_tokens: int = ranged(32, ge=1, le=1 << 20)
     #: scale rewards by their batch standard deviation (mean kept) before GAE
     whiten_rewards: bool = False
     #: critic start: "auto" = the reward model when reward= is one (InstructGPT), else the policy
     value_init: Literal["auto", "reward", "policy"] = "auto"
     #: critic learning rate; None = train.lr
-    value_lr: float | None = None
+    value_lr: float | None = ranged(None, gt=0)
     #: PPO-ptx: weight of the SFT-data NLL mixed into every step (0 = plain PPO)
-    ptx_coef: float = 0.0
-
-    def validate(self) -> None:
-        require_positive(kl_target=self.kl_target, kl_horizon=self.kl_horizon, clip_eps=self.clip_eps,
-                         value_clip=self.value_clip, epochs=self.epochs, minibatches=self.minibatches,
-                         samples_per_prompt=self.samples_per_prompt, max_new_tokens=self.max_new_tokens,
-                         temperature=self.temperature)
-        if self.kl_coef < 0 or self.vf_coef < 0 or self.ptx_coef < 0:
-            raise ValueError("kl_coef, vf_coef and ptx_coef must be >= 0")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.value_lr is not None and self.value_lr <= 0:
-            raise ValueError(f"value_lr must be > 0, got {self.value_lr}")
+    ptx_coef: float = ranged(0.0, ge=0)
 
 
 @register_method

@@ -6,6 +6,7 @@
 from dataclasses import dataclass
 from typing import Any
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
@@ -20,7 +21,7 @@ from harness.core.losses import bradley_terry_loss
 @dataclass
 class RewardConfig:
     #: constant margin m in -log σ(r_w - r_l - m); 0 is Christiano et al. / InstructGPT
-    margin: float = 0.0
+    margin: float = ranged(0.0, ge=0)
 
 
 @register_method

@@ -14,25 +14,20 @@ evaluated like any run (the reward model by its held-out accuracy).
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness.core.contract import DataKind, Paper, register_method, require_positive
+from harness.core.config import ranged
+from harness.core.contract import DataKind, Paper, register_method
 from methods.ppo import PPOConfig
 
 
 @dataclass
 class RLHFConfig:
     #: SFT steps before the reward model (0: start from the given model, already an SFT model)
-    sft_steps: int = 0
+    sft_steps: int = ranged(0, ge=0, le=2**31 - 1)
     #: reward-model training steps and learning rate
-    reward_steps: int = 200
-    reward_lr: float = 1e-3
+    reward_steps: int = ranged(200, ge=1, le=2**31 - 1)
+    reward_lr: float = ranged(1e-3, gt=0)
     #: PPO's hyperparameters for the last stage
     ppo: PPOConfig = field(default_factory=PPOConfig)
-
-    def validate(self) -> None:
-        require_positive(reward_steps=self.reward_steps, reward_lr=self.reward_lr)
-        if self.sft_steps < 0:
-            raise ValueError(f"sft_steps must be >= 0, got {self.sft_steps}")
-        self.ppo.validate()
 
 
 @register_method

@@ -12,13 +12,13 @@ one update per rollout.
 from dataclasses import dataclass
 from typing import Any
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
     RolloutPlan,
     register_method,
-    require_positive,
 )
 from harness.core.online_losses import global_mean, masked_sum, rloo_advantages
 
@@ -26,21 +26,12 @@ from harness.core.online_losses import global_mean, masked_sum, rloo_advantages
 @dataclass
 class RLOOConfig:
     #: completions per prompt (the paper compares k = 2 and 4)
-    k: int = 4
+    k: int = ranged(4, ge=2, le=4096)
     #: β of the sequence-level KL penalty folded into the reward
-    beta: float = 0.05
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 32
-
-    def validate(self) -> None:
-        if self.k < 2:
-            raise ValueError(f"k must be >= 2 (leave-one-out needs another sample), got {self.k}")
-        require_positive(temperature=self.temperature, max_new_tokens=self.max_new_tokens)
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    beta: float = ranged(0.05, ge=0)
+    temperature: float = ranged(1.0, gt=0)
+    top_p: float = ranged(1.0, gt=0, le=1)
+    max_new_tokens: int = ranged(32, ge=1, le=1 << 20)
 
 
 @register_method

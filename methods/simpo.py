@@ -6,13 +6,13 @@
 from dataclasses import dataclass
 from typing import Any
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
     pairwise_metrics,
     register_method,
-    require_positive,
     suggest_lr,
 )
 from harness.core.losses import simpo_loss
@@ -21,15 +21,13 @@ from harness.core.losses import simpo_loss
 @dataclass
 class SimPOConfig:
     #: reward scale β (paper: 2.0-2.5)
-    beta: float = 2.0
-    #: target reward margin γ (paper's recommended γ/β = 0.5)
-    gamma: float = 1.0
-    label_smoothing: float = 0.0
+    beta: float = ranged(2.0, gt=0)
+    #: target reward margin γ (paper's recommended γ/β = 0.5; 0 = no margin)
+    gamma: float = ranged(1.0, ge=0)
+    #: assumed probability that a preference label is flipped (as in cDPO)
+    label_smoothing: float = ranged(0.0, ge=0, lt=0.5)
     #: ablation: false uses summed log-probs (the paper's "w/o LN", which hurts most)
     length_normalize: bool = True
-
-    def validate(self) -> None:
-        require_positive(beta=self.beta)
 
 
 @register_method

@@ -15,13 +15,13 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from harness.core.config import ranged
 from harness.core.contract import (
     DataKind,
     ObjectiveOutput,
     Paper,
     pairwise_metrics,
     register_method,
-    require_positive,
 )
 from harness.core.online_losses import spin_loss
 
@@ -29,21 +29,15 @@ from harness.core.online_losses import spin_loss
 @dataclass
 class SPINConfig:
     #: λ of SPIN's logistic loss (paper: 0.1)
-    lam: float = 0.1
+    lam: float = ranged(0.1, gt=0)
     #: rounds of self-play (the paper reports iterations 0 -> 3)
-    iterations: int = 3
+    iterations: int = ranged(3, ge=1, le=100)
     #: SFT prompts per round (a fixed seeded subset; None = the whole SFT split)
-    prompts_per_round: int | None = 512
-    temperature: float = 1.0
-    max_new_tokens: int = 32
+    prompts_per_round: int | None = ranged(512, ge=1, le=2**31 - 1)
+    temperature: float = ranged(1.0, gt=0)
+    max_new_tokens: int = ranged(32, ge=1, le=1 << 20)
     #: run the paper's control instead: continued SFT on the same rows for the same rounds
     control: bool = False
-
-    def validate(self) -> None:
-        require_positive(lam=self.lam, iterations=self.iterations, temperature=self.temperature,
-                         max_new_tokens=self.max_new_tokens)
-        if self.prompts_per_round is not None and self.prompts_per_round < 1:
-            raise ValueError(f"prompts_per_round must be >= 1 when set, got {self.prompts_per_round}")
 
 
 def subset(rows: list[dict[str, Any]], n: int | None, seed: int = 0) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ import torch
 
 from harness.core.config import load_spec
 from harness.core.contract import METHODS, load_methods
+from harness.training.loop import TrainHooks
 from harness.training.runner import SpecError, check_spec, execute
 
 load_methods()
@@ -52,10 +53,18 @@ def test_online_method_trains_and_resumes_mid_rollout(run_spec, method):
     rows = [r for r in run.metrics() if "loss" in r]
     assert all(r["rollout/response_length"] > 0 and "time/generation_s" in r for r in rows)
     assert run.summary()["online"]["reward_source"]["kind"] == "gold"
-    # step 2 is mid-rollout for PPO/GRPO (several updates per rollout): the buffer, the KL
-    # controller and the critic come back from the checkpoint, so steps 3-4 repeat exactly
-    resumed = execute(run_spec(*extra, f"train.resume_from={run.path / 'checkpoints' / 'step-2'}"))
-    assert resumed.path == run.path
+    # the same run cut after step 3 and resumed from step 2 (mid-rollout for PPO and GRPO, with
+    # several updates per rollout): the buffer, the KL controller and the critic come back from
+    # the checkpoint, so steps 3-4 repeat exactly (a completed run is never reopened)
+    def stop(row):
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(run_spec(*extra, "name=cut"), TrainHooks(on_log=stop))
+    cut = run.path.parent / "cut"
+    resumed = execute(run_spec(*extra, f"train.resume_from={cut / 'checkpoints' / 'step-2'}"))
+    assert resumed.path == cut
     assert losses(resumed) == pytest.approx(first, abs=1e-6)
 
 

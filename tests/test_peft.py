@@ -270,12 +270,22 @@ def test_reward_model_trains_with_lora(run_spec):
 @pytest.mark.parametrize("kind", ["lora", "qlora"])
 def test_adapter_run_resumes_with_the_same_losses(kind, run_spec):
     """On resume the reference is still the base (adapter disabled), not the moved policy."""
+    from harness.training.loop import TrainHooks
+
     first = runner.execute(run_spec("method=dpo", f"peft={kind}", "train.save_every=2", "train.lr=1e-2",
                                     "train.max_steps=4", "name=res"))
+
+    def stop(row):  # a completed run is never reopened: resume a copy that was cut short
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(run_spec("method=dpo", f"peft={kind}", "train.save_every=2", "train.lr=1e-2",
+                                "train.max_steps=4", "name=cut"), TrainHooks(on_log=stop))
+    cut = first.path.parent / "cut"
     resumed = runner.execute(run_spec("method=dpo", f"peft={kind}", "train.save_every=2", "train.lr=1e-2",
-                                      "train.max_steps=4",
-                                      f"train.resume_from={first.path / 'checkpoints' / 'step-2'}"))
-    assert resumed.path == first.path
+                                      "train.max_steps=4", f"train.resume_from={cut / 'checkpoints' / 'step-2'}"))
+    assert resumed.path == cut
     assert losses(resumed) == pytest.approx(losses(first), abs=1e-6)
     # checkpoints hold the adapter only: the frozen base is never copied into them
     from safetensors.torch import load_file

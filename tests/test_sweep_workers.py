@@ -276,12 +276,20 @@ def test_failing_trials_do_not_stop_a_grid_sweep(tmp_path: Path, tiny_base: Path
     """Grid over lr x batch size, two seeds each: one configuration trains, the others fail (NaN loss from
     lr=1e30, a batch larger than the data); every grid point runs exactly once (two slots popping the grid from
     the default SQLite storage) and each failure keeps its reason."""
+    from harness.core.contract import DataKind
+    from harness.worlds.base import get_world
+
+    # a file of 48 pairs: unlike data.max_samples=48, the spec does not tell its size, so the batch
+    # larger than the data fails in the trial (sweep validation refuses what the spec alone shows)
+    pairs = get_world("toy").data_path(DataKind.PAIRED).read_text().splitlines()[:48]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(line + "\n" for line in pairs))
     spec = write_spec(
         tmp_path, name="grid", methods={"dpo": {"search_space": {"train.lr": [1.0e-4, 1.0e30],
                                                                  "train.batch_size": [4, 100000]}}},
         trials_per_method=None, sampler={"kind": "grid", "seed": 3}, seeds=[0, 1],
         storage=None,  # the default: a SQLite file in the output dir, here shared by two slots
-        base={**BASE, "train": {**BASE["train"], "max_steps": 4, "max_grad_norm": 0.0}})
+        base={**BASE, "data": {"source": str(data)}, "train": {**BASE["train"], "max_steps": 4, "max_grad_norm": 0.0}})
     log = tmp_path / "grid.log"
     assert finish(harness(["sweep", str(spec), "--slots", "2"], log), log) == 0, log.read_text()[-3000:]
     ts = all_trials(spec)["dpo"]

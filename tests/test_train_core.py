@@ -46,10 +46,18 @@ def test_adapter_conformance(method, run_spec, tiny_base):
     moved = [k for k in before if k in after and not torch.equal(before[k], after[k])]
     assert moved, "no parameter changed"
 
-    # resume from step 2: steps 3 and 4 reproduce the uninterrupted losses
+    # the same run stopped after step 3 and resumed from step 2 reproduces the uninterrupted
+    # losses (a completed run is never reopened, so the resume needs a run that was cut short)
+    def stop(row):
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(run_spec(f"method={method}", "train.save_every=2", "train.lr=1e-3", "name=cut"), TrainHooks(on_log=stop))
+    cut = run.path.parent / "cut"
     resumed = execute(run_spec(f"method={method}", "train.save_every=2", "train.lr=1e-3",
-                               f"train.resume_from={run.path / 'checkpoints' / 'step-2'}"))
-    assert resumed.path == run.path
+                               f"train.resume_from={cut / 'checkpoints' / 'step-2'}"))
+    assert resumed.path == cut
     assert losses(resumed) == pytest.approx(first, abs=1e-6)
 
 

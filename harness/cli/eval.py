@@ -20,9 +20,7 @@ directory ``runs/eval-NNNN/`` (``config.yaml``, ``summary.json`` with ``eval``,
 from __future__ import annotations
 
 import math
-import os
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +107,7 @@ def evaluate_run_dir(run_dir: str | Path, overrides: list[str] | None = None) ->
     ensure_spec_models(spec)
     run = Run(run_dir)
     if not run.final_dir.is_dir():
-        status = run.status().get("status", "unknown")
+        status = run.live_status().get("status", "unknown")
         raise FileNotFoundError(f"{run_dir} has no final/ weights to evaluate (run status: {status})")
     result = evaluate_model_dir(run.final_dir, spec, baseline_path=run_baseline(spec, run_dir), out_dir=run.path)
     run.update_summary(eval=result)
@@ -121,8 +119,8 @@ def evaluate_model(spec: Any) -> tuple[Any, dict[str, Any]]:
     from harness.core.config import spec_to_dict
     from harness.evaluation.evaluate import evaluate_model_dir
     from harness.modeling.generation import resolve_model_dir
-    from harness.store.runs import Run
-    from harness.training.runner import default_model, ensure_spec_models
+    from harness.store.runs import Heartbeat, Run
+    from harness.training.runner import default_model, ensure_spec_models, record_end, sigterm_interrupts
 
     t0 = time.perf_counter()
     ensure_spec_models(spec)
@@ -135,26 +133,26 @@ def evaluate_model(spec: Any) -> tuple[Any, dict[str, Any]]:
     run = Run.create(spec.output_dir, spec.name, prefix="eval")
     run.write_config(spec_to_dict(spec))
     run.write_env()
-    run.set_status("running", pid=os.getpid(), host=os.uname().nodename)
-    tracker = _tracker(spec, run)
-    try:
-        result = evaluate_model_dir(model_path, spec, baseline_path=baseline, out_dir=run.path, tracker=tracker)
-        summary = {"kind": "eval", "status": "completed", "model_path": model_path, "eval": result,
-                   "wall_time_s": time.perf_counter() - t0}
-        run.write_summary(summary)
-        tracker.log_summary(summary)
-        run.set_status("completed")
-        tracker.finish("completed")
-        return run, result
-    except KeyboardInterrupt:
-        run.set_status("interrupted")
-        tracker.finish("interrupted")
-        raise
-    except BaseException as e:
-        run.set_status("failed", error=f"{type(e).__name__}: {e}")
-        (run.path / "error.txt").write_text(traceback.format_exc())
-        tracker.finish("failed")
-        raise
+    tracker = None
+    # a heartbeat shows the run alive (a killed one reads "stale"); SIGTERM ends it as "interrupted"
+    with sigterm_interrupts(), Heartbeat(run):
+        try:
+            tracker = _tracker(spec, run)
+            result = evaluate_model_dir(model_path, spec, baseline_path=baseline, out_dir=run.path, tracker=tracker)
+            summary = {"kind": "eval", "status": "completed", "model_path": model_path, "eval": result,
+                       "wall_time_s": time.perf_counter() - t0}
+            run.write_summary(summary)
+            tracker.log_summary(summary)
+            run.set_status("completed")
+            tracker.finish("completed")
+            return run, result
+        except KeyboardInterrupt as e:
+            record_end(run, tracker, "interrupted", e)
+            raise
+        except BaseException as e:
+            # recorded without ever hiding e behind a failed bookkeeping write
+            record_end(run, tracker, "failed", e, error=f"{type(e).__name__}: {e}")
+            raise
 
 
 def _tracker(spec: Any, run: Any) -> Any:
@@ -239,12 +237,10 @@ def register(app: typer.Typer) -> None:
     @app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def eval_command(args: list[str] = typer.Argument(None, help="[RUN_DIR | SPEC.yaml] key=value ...")) -> None:
         """Evaluate a finished run (results into its summary.json) or any model=... (into runs/eval-NNNN/)."""
-        from harness.cli.main import console
-        from harness.core.config import ConfigError
-        from harness.evaluation.evaluate import EvalError
-        from harness.evaluation.lmeval import LMEvalError
-        from harness.store.runs import RunExistsError
+        from harness.cli.main import console, user_errors
 
+        # the spec, the data or a named source is unusable: exit 2 with the message, no traceback
+        errors: tuple[type[BaseException], ...] = (*user_errors(), FileNotFoundError)
         run_dir, spec_file, overrides = _split_args(args or [])
         keys = {o.split("=", 1)[0] for o in overrides}
         if run_dir is None and spec_file is None and not keys & {"model", "model.name_or_path"}:
@@ -256,7 +252,7 @@ def register(app: typer.Typer) -> None:
             else:
                 run, result = evaluate_model(_model_spec(spec_file, overrides))
                 console.print(f"[green]evaluated[/] -> {run.path}")
-        except (ConfigError, EvalError, LMEvalError, RunExistsError, FileNotFoundError) as e:
+        except errors as e:
             _fail(str(e))
         except KeyboardInterrupt:
             _fail("interrupted", 130)

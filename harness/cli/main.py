@@ -5,7 +5,12 @@
     harness run my_run.yaml train.lr=5e-6 method.beta=0.05 seed=3
 
 Optional command groups live in their own modules (``harness.cli.sweep``,
-``harness.cli.eval``, ``harness.cli.report``); each exposes ``register(app)``.
+``harness.cli.eval``, ``harness.cli.report``, ``harness.cli.spec``); each exposes ``register(app)``.
+
+Exit codes: 0 done; 2 the spec, the data or a named model/dataset is unusable (one short
+message naming the key, file or row, never a traceback; nothing trained); 1 the run
+failed while training (its ``runs/<name>/error.txt`` keeps the traceback); 130 / 143
+interrupted by Ctrl-C / SIGTERM (the run is marked ``interrupted``).
 """
 
 from __future__ import annotations
@@ -23,12 +28,31 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark ha
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
-EXTENSIONS = ("harness.cli.sweep", "harness.cli.eval", "harness.cli.report", "harness.cli.worlds")
+EXTENSIONS = ("harness.cli.sweep", "harness.cli.eval", "harness.cli.report", "harness.cli.worlds", "harness.cli.spec")
 
 
 def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    from rich.markup import escape
+
+    # messages quote user text ("org/data[train]", "[q_proj, v_proj]"): never read it as markup
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
     raise typer.Exit(code)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the spec, the data or a named source is unusable": exit 2, no traceback.
+    ConfigError covers the run spec, harness.data's DataError and the runner's SpecError."""
+    from harness.core.config import ConfigError
+    from harness.evaluation.evaluate import EvalError
+    from harness.evaluation.lmeval import LMEvalError
+    from harness.store.runs import RunExistsError
+    from harness.worlds.base import WorldError
+
+    return (ConfigError, EvalError, LMEvalError, WorldError, RunExistsError)
+
+
+def _num(value: object, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 @app.command()
@@ -62,23 +86,25 @@ def split_spec_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")) -> None:
-    """Train one run (then evaluate it) and write runs/<name>/."""
-    from harness.core.config import ConfigError, load_spec
+    """Train one run (then evaluate it) and write runs/<name>/.
+
+    Every key with its type, default and allowed range: `harness spec`; a method's
+    hyperparameters: `harness spec method=NAME`.
+    """
+    from harness.core.config import load_spec
     from harness.pipelines.run import run as execute
-    from harness.store.runs import RunExistsError
-    from harness.training.runner import SpecError
+    from harness.training.runner import Terminated
 
     path, overrides = split_spec_args(args or [])
+    errors = user_errors()
     try:
         spec = load_spec(path, overrides)
-    except ConfigError as e:
-        fail(str(e))
-    try:
         r = execute(spec)
-    except (SpecError, RunExistsError, ConfigError) as e:
+    except errors as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted; the run is marked 'interrupted'", 130)
+    except KeyboardInterrupt as e:
+        how, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        fail(f"{how}; the run is marked 'interrupted' and keeps its checkpoints", code)
     except Exception as e:  # the run dir keeps the traceback
         name = type(e).__module__ + "." + type(e).__name__ if type(e).__module__ != "builtins" else type(e).__name__
         fail(f"{name}: {e}", 1)
@@ -94,7 +120,8 @@ def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")
     ev = s.get("eval", {})
     shown = {k: ev[k] for k in ("gold_reward_mean", "kl_mean", "win_rate", "length_controlled_winrate") if k in ev}
     console.print(
-        f"loss {s.get('final_loss'):.4f}  tokens/s {s.get('tokens_per_s', 0):,.0f}  wall {s.get('wall_time_s', 0):.1f}s"
+        f"loss {_num(s.get('final_loss'), '.4f')}  tokens/s {_num(s.get('tokens_per_s'), ',.0f')}  "
+        f"wall {_num(s.get('wall_time_s'), '.1f')}s"
         + "".join(f"  {k} {v:.3f}" for k, v in shown.items() if isinstance(v, (int, float)))
     )
 

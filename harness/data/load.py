@@ -19,21 +19,31 @@ Input formats, detected from the columns unless ``data.format`` names one:
 
 Output records: ``prompt`` is always a list of ``{"role", "content"}`` messages;
 sft adds ``completion``, paired ``chosen``/``rejected``, unpaired ``completion`` and a
-bool ``label``.  A malformed row raises :class:`DataError` naming the source, the
-1-based row (the Nth record of the split; blank jsonl lines are not rows) and the
-column; ``skip_bad_rows=True`` drops such rows and counts them.
+bool ``label``.  Malformed rows raise one :class:`DataError` that lists every one of
+them (up to :data:`MAX_REPORTED`, then how many more) with the source, the 1-based row
+(the Nth record of the split; blank jsonl lines are not rows) and the column; a json(l)
+line that is not valid JSON, or a csv line with more fields than its header, is named by
+its file and line.  ``skip_bad_rows=True`` drops all of these instead and returns each
+dropped row with its reason (``LoadedData.skipped``; a run writes them to
+``runs/<name>/skipped_rows.jsonl``).  A hub id that cannot be loaded is named, with
+whether the process is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
+import os
 import re
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.core.config import ConfigError
 from harness.core.contract import DataKind
 
 log = logging.getLogger(__name__)
@@ -44,14 +54,19 @@ BUILDERS: dict[str, str] = {".json": "json", ".jsonl": "json", ".parquet": "parq
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 #: how many skip reasons ``LoadedData.skipped_examples`` keeps
 MAX_SKIP_EXAMPLES = 5
+#: how many bad rows one error message lists (then: how many more)
+MAX_REPORTED = 20
+#: environment variables that make the hub libraries work offline
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 Message = dict[str, str]
 Record = dict[str, Any]
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """Unusable data.  The message names the file (or hub id and split), the 1-based row,
-    the column and what is wrong; ``row`` and ``column`` hold the same for code."""
+    the column and what is wrong (every bad row, up to :data:`MAX_REPORTED`); ``row`` and
+    ``column`` hold the first one's for code."""
 
     def __init__(self, message: str, *, row: int | None = None, column: str | None = None) -> None:
         super().__init__(message)
@@ -70,6 +85,8 @@ class LoadedData:
     format: str
     #: the first few reasons rows were skipped, in the same words as the error would use
     skipped_examples: list[str] = field(default_factory=list)
+    #: every skipped row: {"source", "row" (Nth record) or "line" (of the file), "column", "reason"}
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self) -> str:
         text = f"{len(self.records)} records from {self.source} (format {self.format})"
@@ -346,6 +363,50 @@ _PARSERS: dict[str, Callable[[Record, DataKind], list[Record]]] = {
 }
 
 
+# --------------------------------------------------------------------------- problems and the hub
+
+
+def listing(problems: list[str], total: int | None = None) -> str:
+    """One problem per line, at most :data:`MAX_REPORTED`, then how many more."""
+    total = len(problems) if total is None else total
+    lines = problems[:MAX_REPORTED]
+    if total > len(lines):
+        lines.append(f"... and {total - len(lines)} more ({total} in all)")
+    return "\n".join(lines)
+
+
+def offline_settings() -> list[str]:
+    """The ``VAR=value`` settings that make this process offline to the hub ([] when online)."""
+    return [f"{v}={os.environ[v]}" for v in OFFLINE_VARS
+            if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out = [e]
+    while (nxt := out[-1].__cause__ or out[-1].__context__) is not None and len(out) < 20:
+        out.append(nxt)
+    return out
+
+
+def hub_unavailable(kind: str, name: str, exc: BaseException) -> str:
+    """Why hub id ``name`` (a ``dataset`` or ``model``) could not be used, in words that name the
+    id and say whether the process is offline, instead of the hub client's connection error."""
+    offline = offline_settings()
+    where = "file or directory" if kind == "dataset" else "directory"
+    if offline:
+        return (f"{name!r} is not a local {where} and not in the local hub cache, and this process is offline "
+                f"({', '.join(offline)}): download the {kind} once with the hub reachable, or name a local {where}")
+    chain = _chain(exc)
+    cause = chain[-1]
+    text = (f"{type(cause).__name__}: {cause}".splitlines() or [""])[0][:300]
+    words = " ".join(f"{type(c).__name__} {c}" for c in chain).lower()
+    if any(w in words for w in ("notfound", "not found", "404", "doesn't exist", "does not exist",
+                                "not a valid model identifier", "repository not found")):
+        return (f"no {kind} {name!r} on the Hugging Face hub and no local {where} of that name (check the id; "
+                f"private or gated {kind}s need `hf auth login`): {text}")
+    return f"the Hugging Face hub is unreachable, so the {kind} {name!r} cannot be fetched: {text}"
+
+
 # --------------------------------------------------------------------------- sources
 
 _SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}(?:-.*)?$")
@@ -415,28 +476,121 @@ def _resolve_dir(d: Path, source: str, split: str) -> tuple[str, list[Path], str
     return builders.pop(), chosen, desc
 
 
-def _json_syntax_error(f: Path) -> str | None:
-    """Where a json/jsonl file fails to parse, found with the standard parser."""
+@dataclass
+class _LineProblem:
+    """A line of a local file that no reader can parse (a whole-file problem has line None)."""
+
+    file: Path
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: line {self.line}: {self.reason}" if self.line is not None else f"{self.file}: {self.reason}"
+
+
+def _json_problems(f: Path) -> tuple[list[_LineProblem], bool]:
+    """Every line of a json/jsonl file the standard parser rejects, and whether those lines can be
+    dropped one by one (JSON lines) or spoil the whole file (one JSON document)."""
     try:
         text = f.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        return f"{f}: not UTF-8 text (byte {e.start})"
+        return [_LineProblem(f, None, f"not UTF-8 text (byte {e.start})")], False
     if text.lstrip().startswith("["):
         try:
             json.loads(text)
         except json.JSONDecodeError as e:
-            return f"{f}: line {e.lineno} column {e.colno}: invalid JSON: {e.msg}"
-        return None
+            return [_LineProblem(f, None, f"line {e.lineno} column {e.colno}: invalid JSON: {e.msg}")], False
+        return [], False
+    problems = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            return f"{f}: line {n}: invalid JSON: {e.msg} (column {e.colno})"
+            problems.append(_LineProblem(f, n, f"invalid JSON: {e.msg} (column {e.colno})"))
+            continue
         if not isinstance(obj, dict):
-            return f"{f}: line {n}: expected one JSON object per line, got {_tname(obj)}"
-    return None
+            problems.append(_LineProblem(f, n, f"expected one JSON object per line, got {_tname(obj)}"))
+    return problems, True
+
+
+def _csv_problems(f: Path) -> list[_LineProblem]:
+    """Every csv record with more fields than the header (the reader rejects them; fewer fields
+    read as nulls and are judged row by row)."""
+    try:
+        text = f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        return [_LineProblem(f, None, f"not UTF-8 text (byte {e.start})")]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    problems = []
+    start = 1
+    try:
+        for rec in reader:
+            if header is None:
+                header = rec
+            elif rec and len(rec) > len(header):
+                problems.append(_LineProblem(f, start, f"{len(rec)} fields, but the header has {len(header)}"))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        problems.append(_LineProblem(f, reader.line_num, f"unreadable csv: {e}"))
+    return problems
+
+
+def _problems(builder: str, files: list[Path]) -> tuple[list[_LineProblem], bool]:
+    """(every unparseable line of the files, whether dropping those lines leaves readable files)."""
+    out: list[_LineProblem] = []
+    droppable = True
+    for f in files:
+        if builder == "json":
+            found, ok = _json_problems(f)
+        elif builder == "csv":
+            found, ok = _csv_problems(f), True
+        else:
+            found, ok = [], False
+        out += found
+        droppable = droppable and (ok or not found) and all(p.line is not None for p in found)
+    return out, droppable
+
+
+def _without_lines(builder: str, files: list[Path], bad: set[tuple[Path, int]], tmp: Path) -> tuple[list[Path], list[int]]:
+    """Copies of ``files`` without the ``bad`` lines, and the original row number (1-based, over
+    all files) of each row kept, so messages about later rows point into the original files."""
+    out, rows = [], []
+    row = 0
+    for i, f in enumerate(files):
+        text = f.read_text(encoding="utf-8")
+        kept: list[str] = []
+        if builder == "csv":
+            reader = csv.reader(io.StringIO(text, newline=""))
+            buf = io.StringIO()
+            writer = csv.writer(buf)
+            start, first = 1, True
+            for rec in reader:
+                if first:
+                    writer.writerow(rec)
+                    first = False
+                elif rec:
+                    row += 1
+                    if (f, start) not in bad:
+                        writer.writerow(rec)
+                        rows.append(row)
+                start = reader.line_num + 1
+            body = buf.getvalue()
+        else:
+            for n, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                row += 1
+                if (f, n) not in bad:
+                    kept.append(line)
+                    rows.append(row)
+            body = "".join(line + "\n" for line in kept)
+        copy = tmp / f"{i:05d}{f.suffix.lower()}"
+        copy.write_text(body, encoding="utf-8")
+        out.append(copy)
+    return out, rows
 
 
 def _diagnose(builder: str, files: list[Path]) -> str | None:
@@ -445,8 +599,9 @@ def _diagnose(builder: str, files: list[Path]) -> str | None:
     for f in files:
         if f.stat().st_size == 0:
             return f"{f}: empty file"
-        if builder == "json" and (problem := _json_syntax_error(f)):
-            return problem
+    problems, _ = _problems(builder, files)
+    if problems:
+        return listing([str(p) for p in problems])
     if builder == "parquet":
         import pyarrow.parquet as pq
 
@@ -463,18 +618,26 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
-def _open(source: str, split: str) -> tuple[Any, str]:
+@dataclass
+class _Opened:
+    ds: Any
+    desc: str
+    #: lines dropped before the reader saw them (skip_bad_rows), as skipped-row entries
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    #: original 1-based row number of each row of ``ds`` when lines were dropped, else None
+    rows: list[int] | None = None
+
+
+def _open(source: str, split: str, skip_bad_rows: bool = False, hint_skip: str | None = None) -> _Opened:
     """Load one split as a ``datasets.Dataset`` and describe where it came from."""
     import datasets
 
     if not _is_local(source):
         desc = f"{source}[{split}]"
         try:
-            return datasets.load_dataset(source, split=split), desc
+            return _Opened(datasets.load_dataset(source, split=split), desc)
         except Exception as e:  # hub errors come in many types; all mean "cannot use this source"
-            raise DataError(
-                f"{desc}: could not load (no local file or directory of that name either): {type(e).__name__}: {e}"
-            ) from e
+            raise DataError(f"{desc}: could not load: {hub_unavailable('dataset', source, e)}") from None
     p = Path(source).expanduser()
     if p.is_file():
         builder = BUILDERS.get(p.suffix.lower())
@@ -497,11 +660,38 @@ def _open(source: str, split: str) -> tuple[Any, str]:
     try:
         ds = datasets.load_dataset(builder, data_files={split: [str(f) for f in files]}, split=split)
     except Exception as e:  # the builders raise arrow/pandas/value errors without naming the row
-        cause = _root_cause(e)
-        raise DataError(
-            _diagnose(builder, files) or f"{desc}: could not read as {builder}: {type(cause).__name__}: {cause}"
-        ) from e
-    return ds, desc
+        problems, droppable = _problems(builder, files)
+        if not (skip_bad_rows and problems and droppable):
+            cause = _root_cause(e)
+            hint = f"\n{hint_skip}" if hint_skip and problems and droppable else ""
+            raise DataError(
+                (_diagnose(builder, files) or f"{desc}: could not read as {builder}: {type(cause).__name__}: {cause}")
+                + hint
+            ) from None
+        return _open_without(builder, files, split, desc, problems)
+    return _Opened(ds, desc)
+
+
+def _open_without(builder: str, files: list[Path], split: str, desc: str, problems: list[_LineProblem]) -> _Opened:
+    """skip_bad_rows: read the files without their unparseable lines, through the same reader."""
+    import datasets
+
+    bad = {(p.file, p.line) for p in problems if p.line is not None}
+    dropped = [{"source": str(p.file), "line": p.line, "reason": p.reason} for p in problems]
+    with tempfile.TemporaryDirectory(prefix="align-harness-rows-") as tmp:
+        copies, rows = _without_lines(builder, files, bad, Path(tmp))
+        if not rows:
+            raise DataError(f"{desc}: no readable rows; every line is malformed:\n" + listing([str(p) for p in problems]))
+        try:
+            # in memory, cached inside the temporary directory: the copies leave nothing behind
+            ds = datasets.load_dataset(builder, data_files={split: [str(f) for f in copies]}, split=split,
+                                       cache_dir=str(Path(tmp) / "cache"), keep_in_memory=True)
+        except Exception as e:
+            cause = _root_cause(e)
+            raise DataError(f"{desc}: could not read as {builder} even without its {len(bad)} malformed lines: "
+                            f"{type(cause).__name__}: {cause}") from None
+    log.warning("%s: skipped %d unparseable lines (data.skip_bad_rows=true), e.g. %s", desc, len(dropped), problems[0])
+    return _Opened(ds, desc, dropped, rows)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -515,19 +705,23 @@ def load_records(
     fmt: str | None = None,
     max_samples: int | None = None,
     skip_bad_rows: bool = False,
+    hint_skip: str | None = None,
 ) -> LoadedData:
     """Load, validate and normalise one split for a method of data kind ``kind``.
 
     ``source`` is a local file (one split, ``train``), a local directory (the files named
     after ``split``, or a ``save_to_disk`` directory) or a hub id.  ``max_samples`` keeps
     the first N usable records (after conversion: one pair gives two unpaired records).
+    ``hint_skip``: a last line for the error about malformed rows, saying how the caller's
+    user skips them (the runner: ``data.skip_bad_rows=true``).
     """
     kind = DataKind(kind)
     if fmt is not None and fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if max_samples is not None and max_samples < 1:
         raise DataError(f"max_samples must be at least 1, got {max_samples}")
-    ds, desc = _open(source, split)
+    opened = _open(source, split, skip_bad_rows, hint_skip)
+    ds, desc = opened.ds, opened.desc
     columns = list(ds.column_names)
     if len(ds) == 0:
         raise DataError(f"{desc}: no rows")
@@ -551,27 +745,36 @@ def load_records(
     used = [c for c in _REQUIRED[fmt] + _OPTIONAL.get(fmt, ()) if c in columns]
     parse = _PARSERS[fmt]
     records: list[Record] = []
-    n_skipped = 0
-    examples: list[str] = []
-    row_no = 0
+    skipped: list[dict[str, Any]] = list(opened.dropped)
+    bad: list[str] = []
+    first: tuple[int, str] | None = None
+    examples: list[str] = [f"{d['source']}: line {d['line']}: {d['reason']}" for d in opened.dropped[:MAX_SKIP_EXAMPLES]]
+    n_read = 0
     # columnar batches decode far faster than row-by-row indexing; unused columns are never decoded
     for batch in ds.select_columns(used).iter(batch_size=1024):
         cols = [batch[c] for c in used]
         for values in zip(*cols):
-            row_no += 1
+            row_no = opened.rows[n_read] if opened.rows is not None else n_read + 1
+            n_read += 1
             try:
                 records.extend(parse(dict(zip(used, values)), kind))
             except _RowError as e:
                 message = f"{desc}: row {row_no}: column {e.column!r}: {e.what}"
-                if not skip_bad_rows:
-                    raise DataError(message, row=row_no, column=e.column) from None
-                n_skipped += 1
-                if len(examples) < MAX_SKIP_EXAMPLES:
-                    examples.append(message)
+                first = first or (row_no, e.column)
+                if skip_bad_rows:
+                    skipped.append({"source": desc, "row": row_no, "column": e.column, "reason": e.what})
+                    if len(examples) < MAX_SKIP_EXAMPLES:
+                        examples.append(message)
+                else:
+                    bad.append(message)  # keep going: one message lists every bad row
             if max_samples is not None and len(records) >= max_samples:
                 break
         if max_samples is not None and len(records) >= max_samples:
             break
+    if bad:
+        hint = f"\n{hint_skip}" if hint_skip else ""
+        raise DataError(listing(bad) + hint, row=first[0] if first else None, column=first[1] if first else None)
+    n_skipped = len(skipped)
     if not records:
         raise DataError(
             f"{desc}: all {n_skipped} rows read are malformed; first: " + "; ".join(examples[:3]),
@@ -581,4 +784,5 @@ def load_records(
         del records[max_samples:]
     if n_skipped:
         log.warning("%s: skipped %d malformed rows (data.skip_bad_rows=true), e.g. %s", desc, n_skipped, examples[0])
-    return LoadedData(records=records, n_skipped=n_skipped, source=desc, format=fmt, skipped_examples=examples)
+    return LoadedData(records=records, n_skipped=n_skipped, source=desc, format=fmt, skipped_examples=examples,
+                      skipped=skipped)

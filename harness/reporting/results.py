@@ -216,7 +216,7 @@ def run_row(run: Run, root: Path) -> tuple[dict[str, Any], set[str]]:
     errors: list[str] = []
     config = _read(run, "config", errors)
     config = config if isinstance(config, Mapping) else {}
-    status = _read(run, "status", errors)
+    status = _read(run, "live_status", errors)  # a running run whose process is gone reads "stale"
     status = status if isinstance(status, Mapping) else {}
     summary = _read(run, "summary", errors)
     summary = summary if isinstance(summary, Mapping) else {}

@@ -58,7 +58,7 @@ def parse_source(source: str) -> tuple[str, str]:
         _, _, rest = source.partition(":")
         backend, sep, model = rest.partition(":")
         if backend not in JUDGE_BACKENDS or not sep or not model:
-            raise ValueError(f"reward.source {source!r}: write judge:<{'|'.join(JUDGE_BACKENDS)}>:<model>")
+            raise ValueError(f"reward.source={source!r}: write judge:<{'|'.join(JUDGE_BACKENDS)}>:<model>")
         return "judge", rest
     module, sep, fn = source.partition(":")
     if sep and fn.isidentifier() and all(p.isidentifier() for p in module.split(".")) and "/" not in source:
@@ -153,9 +153,9 @@ def _user_function(ref: str) -> Callable[[list[str], list[str]], list[float]]:
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"reward.source {ref!r}: cannot import {name} from {module}: {e}") from None
+        raise ValueError(f"reward.source={ref!r}: cannot import {name} from {module}: {e}") from None
     if not callable(fn):
-        raise ValueError(f"reward.source {ref!r} is not callable")
+        raise ValueError(f"reward.source={ref!r} is not callable")
     return fn  # type: ignore[no-any-return]
 
 
@@ -163,22 +163,22 @@ def check_source(spec: RunSpec, pairwise_method: bool) -> None:
     """Cheap checks of ``reward`` before any model loads (the runner's check_spec calls it)."""
     kind, arg = parse_source(spec.reward.source)
     if kind == "gold" and spec_world(spec).gold_scorer() is None:
-        raise ValueError(f"reward=gold: data={spec.data.source!r} has no gold scorer; name a reward model, "
-                         "a judge or a function")
+        raise ValueError(f"reward.source=gold: data.source={spec.data.source!r} has no gold scorer; name a "
+                         "reward model, a judge or a function")
     if kind == "judge" and is_pairwise_only(spec.reward.source) and not pairwise_method:
-        raise ValueError(f"reward={spec.reward.source}: a pairwise judge compares two answers; method "
+        raise ValueError(f"reward.source={spec.reward.source}: a pairwise judge compares two answers; method "
                          f"{spec.method_name!r} needs a score per answer (a reward model, gold or a function)")
     if kind == "judge" and arg.startswith("openai:"):
         host = urllib.parse.urlparse(spec.reward.judge_base_url).hostname or ""
         if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(spec.reward.judge_api_key_env):
-            raise ValueError(f"reward={spec.reward.source} at {spec.reward.judge_base_url} needs an API key in "
+            raise ValueError(f"reward.source={spec.reward.source} at {spec.reward.judge_base_url} needs an API key in "
                              f"${spec.reward.judge_api_key_env}")
     if kind == "function":
         _user_function(arg)
     if kind == "reward_model":
         path = resolve_model_dir(arg)
         if os.path.isdir(path) and not is_reward_model_dir(path):
-            raise ValueError(f"reward={arg!r} is not a reward model (a sequence-classification model; train one "
+            raise ValueError(f"reward.source={arg!r} is not a reward model (a sequence-classification model; train one "
                              "with method=reward)")
 
 
@@ -187,7 +187,7 @@ def build_source(spec: RunSpec, device: str, budget: int | None = None) -> Scala
     if kind == "gold":
         gold = spec_world(spec).gold_scorer()
         if gold is None:
-            raise ValueError(f"reward=gold: data={spec.data.source!r} has no gold scorer")
+            raise ValueError(f"reward.source=gold: data.source={spec.data.source!r} has no gold scorer")
         return ScalarSource(lambda p, c: [gold(x, y) for x, y in zip(p, c)],
                             {"name": f"gold:{gold.identity}", "kind": "gold"})
     if kind == "function":

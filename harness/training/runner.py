@@ -4,33 +4,44 @@
     python -c "from harness.training.runner import execute; from harness.core.config import load_spec; execute(load_spec(None, ['method=dpo']))"
 
 Writes ``runs/<name>/`` through ``harness.store.runs`` and keeps its status true to what
-happened: ``completed``, ``failed`` (with the error), ``interrupted`` (Ctrl-C) or
-``pruned`` (a sweep's pruner stopped it).  Sweeps call :func:`execute` in a trial
+happened: ``completed``, ``failed`` (with the error), ``interrupted`` (Ctrl-C or SIGTERM)
+or ``pruned`` (a sweep's pruner stopped it); while it runs, a heartbeat thread shows it
+alive (a SIGKILLed run reads ``stale``).  Sweeps call :func:`execute` in a trial
 process with a pruning hook.
+
+Everything that can be known without a model fails before one loads, as a
+:class:`SpecError` naming the key: :func:`check_spec` (no data, no model: sweeps call it
+to validate every trial), then :func:`prepare` (the model's config, the data, the number
+of optimizer steps).  A run that would take zero optimizer steps is such an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import shutil
+import signal
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.core.config import RunSpec, load_spec, spec_to_dict
+from harness.core.config import ConfigError, RunSpec, load_spec, spec_to_dict
 from harness.core.contract import METHODS, SEGMENTS, DataKind, MethodAdapter, load_methods
 from harness.data.batching import fingerprint, tokenize_cached
 from harness.modeling import peft_setup
 from harness.modeling.generation import resolve_model_dir
 from harness.modeling.identity import weights_fingerprint
 from harness.store.cache import build_dir, cache_dir
-from harness.store.runs import Run, atomic_write_text
+from harness.store.runs import Heartbeat, Run, atomic_write_text, now
 from harness.training.loop import LoopConfig, OfflineSource, TrainHooks, total_steps_for, train
 from harness.training.online import is_online, setup_online
 from harness.training.refcache import compute_reference_logps, reference_logps
@@ -51,8 +62,16 @@ from harness.worlds.base import (
 LOGPS_VERSION = 2
 
 
-class SpecError(ValueError):
-    """The spec cannot run (found before any model loads)."""
+log = logging.getLogger(__name__)
+
+
+class SpecError(ConfigError):
+    """The spec cannot run (found before any model loads); the message names the key."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop request), handled like Ctrl-C: the run is marked
+    ``interrupted`` and its checkpoints stay resumable."""
 
 
 @dataclass
@@ -67,6 +86,10 @@ class Prepared:
     eval_examples: list[dict[str, Any]]
     data_desc: str
     n_skipped: int
+    #: every row skipped by data.skip_bad_rows=true: {"source", "row" or "line", "column", "reason"}
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: optimizer steps the run will take (at least 1)
+    total_steps: int = 0
     #: the normalised training records (online methods read their prompts)
     train_records: list[dict[str, Any]] = field(default_factory=list)
 
@@ -164,11 +187,15 @@ def looks_local(value: str) -> bool:
 
 
 def check_spec(spec: RunSpec) -> MethodAdapter:
-    """Cheap checks that need no model: local paths exist, sizes fit."""
+    """Cheap checks that need no model and no data: local paths exist, sizes fit, the run would
+    take at least one optimizer step when that is knowable from the spec, evaluation has
+    something to evaluate.  This is the dry run: sweeps call it on every trial spec."""
     load_methods()
     adapter = METHODS.get(spec.method_name)
     for label, value in (("model.name_or_path", spec.model.name_or_path), ("data.source", spec.data.source),
-                         ("model.reference", spec.model.reference)):
+                         ("model.reference", spec.model.reference), ("eval.prompts", spec.eval.prompts),
+                         ("eval.rm_pairs", spec.eval.rm_pairs), ("eval.baseline", spec.eval.baseline),
+                         ("eval.reward_model", spec.eval.reward_model)):
         if value and looks_local(value) and not Path(value).expanduser().exists():
             raise SpecError(f"{label}: {value!r} does not exist")
     for section, key in MODEL_FIELDS:
@@ -177,10 +204,13 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
         except WorldError as e:
             raise SpecError(f"{section}.{key}: {e}") from None
     spec.model.name_or_path = default_model(spec)
+    # also a TrainSpec rule at parse time; a spec changed after parsing arrives here unchecked
     if spec.train.max_prompt_length >= spec.train.max_length:
         raise SpecError(
             f"train.max_prompt_length ({spec.train.max_prompt_length}) must be below train.max_length ({spec.train.max_length})"
         )
+    _check_work_bound(spec)
+    _check_single_file(spec, adapter)
     if spec.eval.enabled:
         from harness.evaluation.evaluate import check_eval_spec
 
@@ -198,22 +228,165 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
     return adapter
 
 
+def processes() -> int:
+    """Data-parallel processes this run will have (``accelerate launch`` / torchrun set WORLD_SIZE)."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def _per_step(spec: RunSpec) -> tuple[int, str]:
+    """Examples one optimizer step consumes (prompts of one rollout for online methods)."""
+    t = spec.train
+    n = processes()
+    what = f"train.batch_size={t.batch_size} x train.grad_accum={t.grad_accum}" + (f" x {n} processes" if n > 1 else "")
+    adapter = METHODS.get(spec.method_name)
+    if is_online(adapter):
+        m = adapter.rollout_plan(spec.method.hp).minibatches  # type: ignore[attr-defined]
+        if m > 1:
+            return t.batch_size * t.grad_accum * n * m, what + f" x {m} minibatches (prompts of one rollout)"
+    return t.batch_size * t.grad_accum * n, what
+
+
+def check_work(spec: RunSpec, n_train: int, n_eval: int) -> int:
+    """The number of optimizer steps the run will take, from the real example counts; a run
+    that would take none (or that asks for periodic eval with nothing held out) is a
+    :class:`SpecError`, raised before any model loads."""
+    t = spec.train
+    per_step, what = _per_step(spec)
+    if n_train < per_step:
+        held = f" ({n_eval} more held out for evaluation)" if n_eval and spec.data.eval_split is None else ""
+        raise SpecError(
+            f"the run would take zero optimizer steps: the training data has {n_train} examples{held}, fewer "
+            f"than one optimizer step needs ({what} = {per_step}); lower train.batch_size / train.grad_accum or "
+            "use more data (data.max_samples)"
+        )
+    if t.eval_every and n_eval == 0:
+        raise SpecError(
+            f"train.eval_every={t.eval_every}: there are no held-out examples to evaluate (data.eval_fraction="
+            f"{spec.data.eval_fraction} of {n_train} examples is none); raise data.eval_fraction, set "
+            "data.eval_split, or unset train.eval_every"
+        )
+    return t.max_steps if t.max_steps is not None else t.epochs * (n_train // per_step)
+
+
+def _check_work_bound(spec: RunSpec) -> None:
+    """With ``data.max_samples`` the data can hold no more examples than that: zero work is knowable now."""
+    d = spec.data
+    if d.max_samples is None or d.eval_split is not None:
+        return
+    n_eval = int(d.max_samples * d.eval_fraction)
+    per_step, what = _per_step(spec)
+    if d.max_samples - n_eval < per_step:
+        held = f" with data.eval_fraction={d.eval_fraction}" if n_eval else ""
+        raise SpecError(
+            f"the run would take zero optimizer steps: data.max_samples={d.max_samples}{held} leaves at most "
+            f"{d.max_samples - n_eval} training examples, fewer than one optimizer step needs ({what} = {per_step})"
+        )
+    if spec.train.eval_every and n_eval == 0:
+        raise SpecError(
+            f"train.eval_every={spec.train.eval_every}: data.eval_fraction={d.eval_fraction} of "
+            f"data.max_samples={d.max_samples} holds out no examples; raise data.eval_fraction, set "
+            "data.eval_split, or unset train.eval_every"
+        )
+
+
+def _check_single_file(spec: RunSpec, adapter: MethodAdapter) -> None:
+    """A single local data file holds one split: say what works instead of a hint that cannot."""
+    src = spec.data.source
+    if is_world(src) or not Path(src).expanduser().is_file():
+        return
+    if spec.data.eval_split is not None:
+        raise SpecError(
+            f"data.eval_split={spec.data.eval_split!r}: data.source {src!r} is a single file, which holds one "
+            "split (train); drop data.eval_split (data.eval_fraction holds out part of the file) or point "
+            "data.source at a directory with one file per split (train.jsonl, test.jsonl, ...)"
+        )
+    if not spec.eval.enabled or spec.eval.world is not None:  # eval.world provides held-out prompts and pairs
+        return
+    if adapter.model_kind == "reward":
+        if spec.eval.rm_pairs is None:
+            raise SpecError(
+                f"eval: data.source {src!r} is a single file, so there are no held-out preference pairs for "
+                "reward-model accuracy; set eval.rm_pairs=<file of held-out pairs>, or eval.enabled=false"
+            )
+    elif spec.eval.prompts is None:
+        raise SpecError(
+            f"eval: data.source {src!r} is a single file, so there are no held-out instructions to evaluate "
+            f"on; set eval.prompts=<file with a prompt column> (eval.prompts={src} reuses the training "
+            "prompts), eval.world=<a built-in world>, or eval.enabled=false"
+        )
+
+
+def check_model_source(label: str, path: str, spec: RunSpec, shown: str | None = None, positions: bool = True) -> Any:
+    """Read a model's config (a few KB, no weights) before any data or weights load: an unknown
+    or unreachable hub id fails naming the id (and whether the process is offline), and a
+    ``train.max_length`` beyond the model's positions fails before training.  Returns the config
+    (None for a local directory without one, e.g. a bare adapter, which loading will judge).
+    ``shown``: the name the user gave (``toy:tiny``) when ``path`` is what it resolved to;
+    ``positions``: whether train.max_length must fit the model (the trained model and its reference)."""
+    from transformers import AutoConfig
+
+    from harness.data.load import hub_unavailable
+
+    local = Path(path).expanduser()
+    if local.is_dir() and not (local / "config.json").is_file():
+        return None
+    try:
+        # model.revision names a revision of the model (and its reference), not of evaluation's models
+        revision = spec.model.revision if label.startswith("model.") else None
+        cfg = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=spec.model.trust_remote_code)
+    except Exception as e:  # hub, network and parsing errors come in many types
+        if local.exists():
+            raise SpecError(f"{label}: {path!r}: cannot read its config: {type(e).__name__}: {e}") from None
+        raise SpecError(f"{label}: {hub_unavailable('model', path, e)}") from None
+    cfg = getattr(cfg, "text_config", None) or cfg
+    limit = next((v for a in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                  if isinstance(v := getattr(cfg, a, None), int) and v > 0), None)
+    if positions and limit is not None and spec.train.max_length > limit:
+        raise SpecError(
+            f"train.max_length={spec.train.max_length} exceeds the {limit} positions of {label} {shown or path!r}; "
+            f"use train.max_length<={limit}"
+        )
+    return cfg
+
+
+SKIP_HINT = "data.skip_bad_rows=true skips malformed rows and lists them in the run's skipped_rows.jsonl"
+
+
 def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
-    """``adapter``: the result of :func:`check_spec` when the caller already ran it."""
+    """``adapter``: the result of :func:`check_spec` when the caller already ran it.
+
+    Every check here still comes before any weights load: the model's config (hub id,
+    positions), then the data (malformed rows), then the number of optimizer steps."""
     from transformers import AutoTokenizer
 
     from harness.data.load import load_records
 
     adapter = adapter or check_spec(spec)
     kind = adapter.data_kind
+    model_path = resolve_model_path(spec)
+    check_model_source("model.name_or_path", model_path, spec, spec.model.name_or_path)
+    ref = model_path
+    if spec.model.reference:
+        ref = resolve_model_dir(str(ensure_model(spec.model.reference, world_options(spec.data)) or spec.model.reference))
+        check_model_source("model.reference", ref, spec, spec.model.reference)
+    if spec.eval.enabled:  # a hub id evaluation would use must not fail only after training
+        for label, name in (("eval.baseline", spec.eval.baseline), ("eval.reward_model", spec.eval.reward_model)):
+            if name and parse_model_name(name) is None and not Path(name).expanduser().exists():
+                check_model_source(label, name, spec, positions=False)
     source = resolve_data_source(spec, kind)
     # data first: a malformed row should stop the run before any model loads
-    loaded = load_records(source, spec.data.split, kind, fmt=spec.data.format,
-                          max_samples=spec.data.max_samples, skip_bad_rows=spec.data.skip_bad_rows)
+    loaded = load_records(source, spec.data.split, kind, fmt=spec.data.format, max_samples=spec.data.max_samples,
+                          skip_bad_rows=spec.data.skip_bad_rows, hint_skip=SKIP_HINT)
     records = loaded.records
+    skipped = list(loaded.skipped)
     if spec.data.eval_split is not None:
-        eval_records = load_records(source, spec.data.eval_split, kind, fmt=spec.data.format,
-                                    skip_bad_rows=spec.data.skip_bad_rows).records
+        held = load_records(source, spec.data.eval_split, kind, fmt=spec.data.format,
+                            skip_bad_rows=spec.data.skip_bad_rows, hint_skip=SKIP_HINT)
+        eval_records = held.records
+        skipped += held.skipped
     else:
         # a fixed split (not the run seed) so every trial of a sweep sees the same held-out set
         n_eval = int(len(records) * spec.data.eval_fraction)
@@ -221,7 +394,7 @@ def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
         perm = torch.randperm(len(records), generator=g).tolist()
         eval_records = [records[i] for i in perm[:n_eval]]
         records = [records[i] for i in sorted(perm[n_eval:])]
-    model_path = resolve_model_path(spec)
+    total = check_work(spec, len(records), len(eval_records))
     tok = AutoTokenizer.from_pretrained(model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -229,10 +402,8 @@ def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
     tok_cache = cache_dir("tokenized") if t.ref_cache else None
     train_ex = tokenize_cached(records, tok, kind, t.max_length, t.max_prompt_length, tok_cache)
     eval_ex = tokenize_cached(eval_records, tok, kind, t.max_length, t.max_prompt_length, tok_cache)
-    ref = model_path
-    if spec.model.reference:
-        ref = resolve_model_dir(str(ensure_model(spec.model.reference, world_options(spec.data)) or spec.model.reference))
-    return Prepared(adapter, model_path, ref, tok, train_ex, eval_ex, loaded.source, loaded.n_skipped, records)
+    return Prepared(adapter, model_path, ref, tok, train_ex, eval_ex, loaded.source, len(skipped),
+                    skipped=skipped, total_steps=total, train_records=records)
 
 
 def load_model(path: str, spec: RunSpec, model_kind: str, pad_id: int, with_peft: bool = True) -> Any:
@@ -342,6 +513,9 @@ class _FollowerRun(Run):
     def write_summary(self, summary: dict[str, Any]) -> None:
         return None
 
+    def beat(self) -> bool:
+        return False
+
 
 def _processes() -> Any:
     from accelerate.state import PartialState
@@ -366,18 +540,129 @@ def _open_run(spec: RunSpec) -> tuple[Run, Path | None]:
     return run, None if ckpt_s is None else Path(ckpt_s)
 
 
+#: spec keys a resume may change because they cannot alter the trained weights: evaluation,
+#: tracking, labels, logging / eval / checkpoint cadence, caching, the progress bar, where the
+#: spec says the run lives (the checkpoint decides that).  How long training goes
+#: (train.max_steps / train.epochs) may grow: see :func:`_check_resume_length`.
+RESUME_SAFE = ("eval.", "tracking.", "tags", "train.resume_from", "train.progress", "train.log_every",
+               "train.eval_every", "train.save_every", "train.ref_cache", "name", "output_dir")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or not d and prefix:
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _resume_safe(key: str) -> bool:
+    return any(key == s or key.startswith(s if s.endswith(".") else s + ".") for s in RESUME_SAFE)
+
+
+def _check_resume_length(saved: dict[str, Any], now_: dict[str, Any], step: int) -> None:
+    """More steps or epochs may be trained than the run first asked for; never fewer (the
+    schedule the finished steps followed would change), never a switch between the two."""
+    old_steps, new_steps = saved.get("train.max_steps"), now_.get("train.max_steps")
+    old_epochs, new_epochs = saved.get("train.epochs"), now_.get("train.epochs")
+    if (old_steps is None) != (new_steps is None):
+        raise SpecError(
+            f"train.max_steps: the run was set to {'max_steps=' + str(old_steps) if old_steps else f'epochs={old_epochs}'};"
+            " a resume may raise that number but not switch between train.max_steps and train.epochs"
+        )
+    if new_steps is not None and new_steps < old_steps:
+        raise SpecError(f"train.max_steps={new_steps}: the run was set to {old_steps} steps; a resume may only train longer")
+    if new_steps is not None and new_steps <= step:
+        raise SpecError(f"train.max_steps={new_steps}: the checkpoint is at step {step}, so nothing is left to train")
+    if new_steps is None and isinstance(old_epochs, int) and isinstance(new_epochs, int) and new_epochs < old_epochs:
+        raise SpecError(f"train.epochs={new_epochs}: the run was set to {old_epochs} epochs; a resume may only train longer")
+
+
 def _open_run_here(spec: RunSpec) -> tuple[Run, Path | None]:
-    if spec.train.resume_from:
-        ckpt = Path(spec.train.resume_from)
-        if not (ckpt / "trainer_state.json").exists():
-            raise SpecError(f"train.resume_from: {str(ckpt)!r} is not a complete checkpoint (no trainer_state.json)")
-        run = Run(ckpt.parent.parent)
-        step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-        # rows logged after the checkpoint by the interrupted attempt are replayed by this one
-        kept = [r for r in run.metrics() if int(r.get("step", 0)) <= step]
-        atomic_write_text(run.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
-        return run, ckpt
-    return Run.create(spec.output_dir, spec.name, prefix=spec.method_name), None
+    """A new run directory, or the run a checkpoint belongs to when resuming.  A resume is
+    refused, before anything is written, when the run is completed or alive, or when the spec
+    differs from the run's own (config.yaml) in anything but :data:`RESUME_SAFE` keys."""
+    if not spec.train.resume_from:
+        return Run.create(spec.output_dir, spec.name, prefix=spec.method_name), None
+    ckpt = Path(spec.train.resume_from).expanduser()
+    if not (ckpt / "trainer_state.json").exists():
+        raise SpecError(f"train.resume_from: {str(ckpt)!r} is not a complete checkpoint (no trainer_state.json)")
+    run = Run(ckpt.parent.parent)
+    if ckpt.parent.name != "checkpoints" or not (run.path / "config.yaml").is_file():
+        raise SpecError(f"train.resume_from: {str(ckpt)!r} is not inside a run directory (<run>/checkpoints/step-N "
+                        "next to the run's config.yaml)")
+    status = run.live_status()
+    state = status.get("status")
+    if state == "completed":
+        raise SpecError(f"train.resume_from: run {str(run.path)!r} is completed and is never reopened; "
+                        "start a new run (another name=) to train further")
+    if state == "running":
+        raise SpecError(f"train.resume_from: run {str(run.path)!r} is running (pid {status.get('pid')} on "
+                        f"{status.get('host')}); resume it once it has ended")
+    if spec.name is not None and spec.name != run.name:
+        raise SpecError(f"name={spec.name!r}: train.resume_from belongs to run {run.name!r}; drop name= or make it match")
+    step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+    try:
+        saved = _flat(run.config())
+    except Exception as e:  # a hand-edited or torn file: the resume cannot be checked, so it is refused
+        raise SpecError(f"train.resume_from: cannot read run {run.name!r}'s config.yaml to check the resume against: "
+                        f"{type(e).__name__}: {e}") from None
+    current = _flat(spec_to_dict(spec))
+    changed = sorted(k for k in saved.keys() | current.keys()
+                     if not _resume_safe(k) and k not in ("train.max_steps", "train.epochs")
+                     and saved.get(k, "<unset>") != current.get(k, "<unset>"))
+    if changed:
+        shown = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r}" for k in changed[:12])
+        more = f" and {len(changed) - 12} more" if len(changed) > 12 else ""
+        raise SpecError(
+            f"train.resume_from: the spec differs from run {run.name!r}'s own in {', '.join(changed[:12])}{more} "
+            f"({shown}); a resume may change only evaluation, tracking, logging and checkpoint cadence, "
+            "and train longer (train.max_steps / train.epochs): start a new run for another configuration"
+        )
+    _check_resume_length(saved, current, step)
+    # rows logged after the checkpoint by the interrupted attempt are replayed by this one
+    kept = [r for r in run.metrics() if int(r.get("step", 0)) <= step]
+    atomic_write_text(run.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+    return run, ckpt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (like Ctrl-C's KeyboardInterrupt), so
+    the run records ``interrupted`` instead of dying with ``running`` on disk.  Only the main
+    thread can own signal handlers; elsewhere the block changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def record_end(run: Run, tracker: Any, status: str, exc: BaseException | None = None, **extra: Any) -> None:
+    """Record how a run ended without hiding why: when a bookkeeping write fails too (full disk,
+    the directory gone), that is logged and noted on the original error, which the caller re-raises."""
+    steps: list[tuple[str, Any]] = [("status.json", lambda: run.set_status(status, **extra))]
+    if status == "failed" and not isinstance(run, _FollowerRun):
+        trace = traceback.format_exc()
+        steps.append(("error.txt", lambda: (run.path / "error.txt").write_text(trace)))
+    if tracker is not None:
+        steps.append(("tracker", lambda: tracker.finish(status)))
+    for what, step in steps:
+        try:
+            step()
+        except Exception as e:
+            note = f"could not record status {status!r} ({what}) in {run.path}: {type(e).__name__}: {e}"
+            log.error(note)
+            if exc is not None and hasattr(exc, "add_note"):
+                exc.add_note(note)
 
 
 def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None = None) -> Run:
@@ -398,14 +683,16 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
     main = not isinstance(run, _FollowerRun)
     run.write_config(spec_to_dict(spec))
     run.write_env()
-    run.set_status("running", pid=os.getpid(), host=os.uname().nodename)
-    tracker = _tracker(spec, run, tracking)
     timing: dict[str, float] = {}
     hooks = hooks or TrainHooks()
     user_first_step = hooks.on_first_step
+    tracker: Any = None
 
     def first_step() -> None:
         timing["setup_time_s"] = time.perf_counter() - t_start
+        # from here on the run has trained: its directory is a record worth keeping (see Run.never_trained)
+        if "first_step_at" not in run.status():
+            run.set_status("running", first_step_at=now())
         if user_first_step:
             user_first_step()
 
@@ -417,95 +704,98 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
             user_on_log(row)
 
     hooks = TrainHooks(on_eval=hooks.on_eval, on_log=on_log, on_first_step=first_step)
-    try:
-        torch.manual_seed(spec.seed)
-        prep = prepare(spec, adapter)
-        accelerator = make_accelerator(spec)
-        model = load_model(prep.model_path, spec, adapter.model_kind, prep.tokenizer.pad_token_id).to(accelerator.device)
-        if peft_setup.uses_adapter(spec.peft):
-            peft_setup.register_checkpoint_hooks(accelerator)  # checkpoints hold the adapter only
-        ref_train = ref_eval = None
-        ref_info: dict[str, Any] = {}
-        t = spec.train
-        online = setup_online(prep, spec, model, accelerator, load_reference=functools.partial(
-            load_model, prep.reference_path, spec, "causal_lm", prep.tokenizer.pad_token_id, with_peft=False)
-        ) if is_online(adapter) else None
-        if online is not None:
-            source, critic, total = online.source, online.critic, online.total_steps
-        else:
-            if adapter.needs_reference:
-                ref_train, ref_eval, ref_info = compute_references(prep, spec, model, accelerator)
-            total = total_steps_for(len(prep.train_examples), t.batch_size, t.grad_accum, accelerator.num_processes,
-                                    t.epochs, t.max_steps)
-            source = OfflineSource(prep.train_examples, ref_train, SEGMENTS[adapter.data_kind],
-                                   prep.tokenizer.pad_token_id, t.batch_size, t.grad_accum,
-                                   accelerator.num_processes, accelerator.process_index, spec.seed)
-            critic = None
-        cfg = LoopConfig(
-            lr=t.lr, schedule=t.schedule, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
-            max_grad_norm=t.max_grad_norm, batch_size=t.batch_size, grad_accum=t.grad_accum, total_steps=total,
-            precision=t.precision, gradient_checkpointing=t.gradient_checkpointing, log_every=t.log_every,
-            eval_every=t.eval_every, save_every=t.save_every, seed=spec.seed, progress=t.progress,
-            optimizer=t.optimizer,
-        )
-        result = train(
-            adapter=adapter, hp=spec.method.hp, model=model, accelerator=accelerator, cfg=cfg, source=source,
-            eval_examples=[] if online is not None else prep.eval_examples, pad_id=prep.tokenizer.pad_token_id,
-            eval_reference=ref_eval, run=run, resume_from=resume, hooks=hooks, critic=critic,
-            critic_lr=getattr(spec.method.hp, "value_lr", None),
-        )
-        if result.steps == 0:
-            raise RuntimeError(f"no optimizer step was taken ({result.stopped_early or 'nothing to train on'}); "
-                               "nothing was saved as final")
-        t_after = time.perf_counter()
-        unwrapped = accelerator.unwrap_model(model)
-        if accelerator.is_main_process:
-            unwrapped.save_pretrained(run.final_dir)
-            prep.tokenizer.save_pretrained(run.final_dir)
-            peft_setup.save_meta(run.final_dir, spec, prep.model_path)
-        summary: dict[str, Any] = {
-            "method": adapter.name, "status": "completed", "steps": result.steps,
-            "final_loss": result.losses[-1] if result.losses else None,
-            "final_metrics": result.final_metrics, "eval_loss_metrics": result.eval_metrics,
-            "train_time_s": result.train_time_s, "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
-            "peak_memory_mb": result.peak_memory_mb, "trainable_params": result.trainable_params,
-            "total_params": result.total_params,
-            "trainable_share": result.trainable_params / max(result.total_params, 1),
-            "n_train_examples": len(prep.train_examples), "n_eval_examples": len(prep.eval_examples),
-            "n_skipped_rows": prep.n_skipped, "data": prep.data_desc, "model_path": prep.model_path,
-            "reference_cache": ref_info, "setup_time_s": timing.get("setup_time_s"),
-            "device": str(accelerator.device),
-        }
-        if result.stopped_early:
-            summary["stopped_early"] = result.stopped_early
-        if online is not None:
-            summary["online"] = online.summary()
-        # adapter runs: parameterisation, and counts with 4-bit weights unpacked
-        summary.update(peft_setup.summary_fields(unwrapped, spec, prep.model_path))
-        if spec.eval.enabled and main:
-            summary["eval"] = _evaluate(run, spec, prep, unwrapped, tracker)
-        summary["teardown_time_s"] = time.perf_counter() - t_after
-        summary["wall_time_s"] = time.perf_counter() - t_start
-        summary["gpu_hours"] = summary["wall_time_s"] / 3600 * (torch.cuda.device_count() if torch.cuda.is_available() else 0)
-        run.write_summary(summary)
-        tracker.log_summary(summary)
-        run.set_status("completed")
-        tracker.finish("completed")
-        return run
-    except KeyboardInterrupt:
-        run.set_status("interrupted")
-        tracker.finish("interrupted")
-        raise
-    except BaseException as e:
-        if type(e).__name__ == "TrialPruned":
-            run.set_status("pruned", reason=str(e))
-            tracker.finish("pruned")
+    heartbeat = Heartbeat(run, extra={"resumed_from": str(resume)} if resume else None)
+    with sigterm_interrupts(), heartbeat:
+        try:
+            tracker = _tracker(spec, run, tracking)
+            torch.manual_seed(spec.seed)
+            prep = prepare(spec, adapter)
+            if prep.skipped:
+                atomic_write_text(run.path / "skipped_rows.jsonl", "".join(json.dumps(r) + "\n" for r in prep.skipped))
+            accelerator = make_accelerator(spec)
+            model = load_model(prep.model_path, spec, adapter.model_kind, prep.tokenizer.pad_token_id).to(accelerator.device)
+            if peft_setup.uses_adapter(spec.peft):
+                peft_setup.register_checkpoint_hooks(accelerator)  # checkpoints hold the adapter only
+            ref_train = ref_eval = None
+            ref_info: dict[str, Any] = {}
+            t = spec.train
+            online = setup_online(prep, spec, model, accelerator, load_reference=functools.partial(
+                load_model, prep.reference_path, spec, "causal_lm", prep.tokenizer.pad_token_id, with_peft=False)
+            ) if is_online(adapter) else None
+            if online is not None:
+                source, critic, total = online.source, online.critic, online.total_steps
+            else:
+                if adapter.needs_reference:
+                    ref_train, ref_eval, ref_info = compute_references(prep, spec, model, accelerator)
+                total = total_steps_for(len(prep.train_examples), t.batch_size, t.grad_accum,
+                                        accelerator.num_processes, t.epochs, t.max_steps)
+                source = OfflineSource(prep.train_examples, ref_train, SEGMENTS[adapter.data_kind],
+                                       prep.tokenizer.pad_token_id, t.batch_size, t.grad_accum,
+                                       accelerator.num_processes, accelerator.process_index, spec.seed)
+                critic = None
+            cfg = LoopConfig(
+                lr=t.lr, schedule=t.schedule, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
+                max_grad_norm=t.max_grad_norm, batch_size=t.batch_size, grad_accum=t.grad_accum, total_steps=total,
+                precision=t.precision, gradient_checkpointing=t.gradient_checkpointing, log_every=t.log_every,
+                eval_every=t.eval_every, save_every=t.save_every, seed=spec.seed, progress=t.progress,
+                optimizer=t.optimizer,
+            )
+            result = train(
+                adapter=adapter, hp=spec.method.hp, model=model, accelerator=accelerator, cfg=cfg, source=source,
+                eval_examples=[] if online is not None else prep.eval_examples, pad_id=prep.tokenizer.pad_token_id,
+                eval_reference=ref_eval, run=run, resume_from=resume, hooks=hooks, critic=critic,
+                critic_lr=getattr(spec.method.hp, "value_lr", None),
+            )
+            if result.steps == 0:
+                raise RuntimeError(f"no optimizer step was taken ({result.stopped_early or 'nothing to train on'}); "
+                                   "nothing was saved as final")
+            t_after = time.perf_counter()
+            unwrapped = accelerator.unwrap_model(model)
+            if accelerator.is_main_process:
+                unwrapped.save_pretrained(run.final_dir)
+                prep.tokenizer.save_pretrained(run.final_dir)
+                peft_setup.save_meta(run.final_dir, spec, prep.model_path)
+            summary: dict[str, Any] = {
+                "method": adapter.name, "status": "completed", "steps": result.steps,
+                "final_loss": result.losses[-1] if result.losses else None,
+                "final_metrics": result.final_metrics, "eval_loss_metrics": result.eval_metrics,
+                "train_time_s": result.train_time_s, "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
+                "peak_memory_mb": result.peak_memory_mb, "trainable_params": result.trainable_params,
+                "total_params": result.total_params,
+                "trainable_share": result.trainable_params / max(result.total_params, 1),
+                "n_train_examples": len(prep.train_examples), "n_eval_examples": len(prep.eval_examples),
+                "n_skipped_rows": prep.n_skipped, "data": prep.data_desc, "model_path": prep.model_path,
+                "reference_cache": ref_info, "setup_time_s": timing.get("setup_time_s"),
+                "device": str(accelerator.device),
+            }
+            if resume is not None:
+                summary["resumed_from"] = str(resume)
+            if result.stopped_early:
+                summary["stopped_early"] = result.stopped_early
+            if online is not None:
+                summary["online"] = online.summary()
+            # adapter runs: parameterisation, and counts with 4-bit weights unpacked
+            summary.update(peft_setup.summary_fields(unwrapped, spec, prep.model_path))
+            if spec.eval.enabled and main:
+                summary["eval"] = _evaluate(run, spec, prep, unwrapped, tracker)
+            summary["teardown_time_s"] = time.perf_counter() - t_after
+            summary["wall_time_s"] = time.perf_counter() - t_start
+            summary["gpu_hours"] = summary["wall_time_s"] / 3600 * (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+            run.write_summary(summary)
+            tracker.log_summary(summary)
+            run.set_status("completed")
+            tracker.finish("completed")
+            return run
+        except KeyboardInterrupt as e:
+            record_end(run, tracker, "interrupted", e,
+                        reason="terminated by SIGTERM" if isinstance(e, Terminated) else "interrupted (Ctrl-C)")
             raise
-        run.set_status("failed", error=f"{type(e).__name__}: {e}")
-        if main:
-            (run.path / "error.txt").write_text(traceback.format_exc())
-        tracker.finish("failed")
-        raise
+        except BaseException as e:
+            if type(e).__name__ == "TrialPruned":
+                record_end(run, tracker, "pruned", e, reason=str(e))
+                raise
+            record_end(run, tracker, "failed", e, error=f"{type(e).__name__}: {e}")
+            raise
 
 
 def _evaluate(run: Run, spec: RunSpec, prep: Prepared, model: Any, tracker: Any) -> dict[str, Any]:
