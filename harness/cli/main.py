@@ -89,6 +89,22 @@ def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")
         f"loss {s.get('final_loss'):.4f}  tokens/s {s.get('tokens_per_s', 0):,.0f}  wall {s.get('wall_time_s', 0):.1f}s"
         + "".join(f"  {k} {v:.3f}" for k, v in shown.items() if isinstance(v, (int, float)))
     )
+    by_group = ev.get("gold_reward_by_group") or {}
+    if by_group:
+        # worlds with groups (task clusters, held-out clusters): the headline is per group, against the start
+        base_by = ev.get("baseline_gold_reward_by_group") or {}
+
+        def num(v: object) -> str:
+            return f"{v:.3f}" if isinstance(v, (int, float)) and v == v else "-"
+
+        table = Table(title=f"held-out gold reward by group ({ev.get('n_prompts', '?')} prompts)", title_justify="left")
+        for col in ("group", "model", "base", "delta"):
+            table.add_column(col, justify="left" if col == "group" else "right")
+        for g, v in by_group.items():
+            b = base_by.get(g)
+            delta = v - b if isinstance(v, (int, float)) and isinstance(b, (int, float)) else None
+            table.add_row(g, num(v), num(b), f"{delta:+.3f}" if delta is not None and delta == delta else "-")
+        console.print(table)
 
 
 QUICKSTART_SPEC = Path(__file__).resolve().parents[2] / "sweeps" / "quickstart.yaml"
