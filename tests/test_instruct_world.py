@@ -271,7 +271,7 @@ def test_sft_run_reports_per_cluster_scores_next_to_the_base(world, tmp_path):
     assert set(world.lm_eval_tasks().default) <= set(ev["lm_eval"])
     # the CLI prints the per-group table: model next to base
     table = res.output[res.output.index("held-out gold reward by group"):]
-    for g in ("seen", "heldout", "cluster/sorting", "cluster/arithmetic"):
-        line = next(x for x in table.splitlines() if f" {g} " in f" {x} ")
-        assert f"{ev['gold_reward_by_group'][g]:.3f}" in line
-        assert f"{ev['baseline_gold_reward_by_group'][g]:.3f}" in line
+    cells = {c[0]: c[1:] for c in ([x.strip() for x in line.split("│")[1:-1]] for line in table.splitlines()) if c}
+    for g in ("seen", "heldout", "heldout_fewshot", "cluster/sorting", "cluster/arithmetic"):
+        model, base = ev["gold_reward_by_group"][g], ev["baseline_gold_reward_by_group"][g]
+        assert cells[g] == [f"{model:.3f}", f"{base:.3f}", f"{model - base:+.3f}"], g
