@@ -272,6 +272,7 @@ def test_sft_run_reports_per_cluster_scores_next_to_the_base(world, tmp_path):
     # the CLI prints the per-group table: model next to base
     table = res.output[res.output.index("held-out gold reward by group"):]
     cells = {c[0]: c[1:] for c in ([x.strip() for x in line.split("│")[1:-1]] for line in table.splitlines()) if c}
+    assert list(cells)[:3] == ["heldout", "heldout_fewshot", "seen"] and len(cells) == 3 + len(ic.CLUSTERS)
     for g in ("seen", "heldout", "heldout_fewshot", "cluster/sorting", "cluster/arithmetic"):
         model, base = ev["gold_reward_by_group"][g], ev["baseline_gold_reward_by_group"][g]
         assert cells[g] == [f"{model:.3f}", f"{base:.3f}", f"{model - base:+.3f}"], g

@@ -100,7 +100,8 @@ def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")
         table = Table(title=f"held-out gold reward by group ({ev.get('n_prompts', '?')} prompts)", title_justify="left")
         for col in ("group", "model", "base", "delta"):
             table.add_column(col, justify="left" if col == "group" else "right")
-        for g, v in by_group.items():
+        # summary.json sorts its keys: the coarse groups (no "/") first, then the finer ones (per cluster)
+        for g, v in sorted(by_group.items(), key=lambda kv: ("/" in kv[0], kv[0])):
             b = base_by.get(g)
             delta = v - b if isinstance(v, (int, float)) and isinstance(b, (int, float)) else None
             table.add_row(g, num(v), num(b), f"{delta:+.3f}" if delta is not None and delta == delta else "-")
