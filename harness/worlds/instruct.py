@@ -178,13 +178,13 @@ def _base(name: str, hidden: int, layers: int, recipe: dict[str, Any], descripti
     )
 
 
-#: the tiny base is a test fixture: 60 steps, seconds to build, barely past the chat format
+#: the tiny base is a test fixture: 60 steps, seconds to build; it has not learnt the tasks
 TINY_RECIPE = {"lr": 3e-3, "max_steps": 60, "batch_size": 32, "schedule": "cosine", "warmup_ratio": 0.05}
 #: one recipe for every real size, so small / medium / base form a model-size axis (FLAN's
-#: scale ablation).  From a few builds on 2 CPU cores, scored by seen-cluster gold: 2 layers
-#: beat 3-4 layers of the same width at more cost; batch 16 x 6 epochs beat batch 32 x 4;
-#: lr 1.5e-3 beat 3e-3 at width 192 (0.49 vs 0.33) and tied it at 128; 6 epochs keep the
-#: default base's build under 3 minutes.
+#: scale ablation).  Chosen from a few builds on 2 CPU cores by seen-cluster gold: at width
+#: 128, 2 layers beat 4 (0.43 vs 0.35, for less time) and 6 epochs of batch 16 beat 4 of
+#: batch 32 (0.43 vs 0.29); at width 192, lr 1.5e-3 beat 3e-3 (0.49 vs 0.33), at 128 they
+#: tie.  6 epochs keep the default base's build under 3 minutes of one core.
 BASE_RECIPE = {"lr": 1.5e-3, "epochs": 6, "batch_size": 16, "schedule": "cosine", "warmup_ratio": 0.03}
 
 
@@ -241,8 +241,8 @@ class InstructWorld:
             "paired": f"{{prompt, chosen, rejected}} x{n['paired']}: reference vs a wrong or partial answer",
             "unpaired": "{prompt, completion, label}: from paired, data.desirable_fraction of rows desirable (KTO)",
             "prompts": f"{{prompt}} x{n['prompts']}: training-cluster prompts for online methods (answer = reference)",
-            "eval_prompts": "{prompt, answer, cluster, ...}: held-out items, zero-shot for all 16 clusters "
-                            "(12 each) + few-shot for the held-out ones, interleaved over clusters",
+            "eval_prompts": f"{{prompt, answer, cluster, ...}}: held-out items, zero-shot for all {len(ic.CLUSTERS)} "
+                            "clusters + few-shot for the held-out ones, interleaved over clusters",
             "judge": f"{{prompt, completion, score}} x{n['judge']}: Self-Rewarding judge data "
                      "(rubric prompt -> justification + 'Score: 0-5'); max_length ~192",
             "redteam": f"{{prompt, category}} x{n['redteam']}: red-team prompts (train split, Constitutional AI)",
