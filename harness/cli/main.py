@@ -124,6 +124,23 @@ def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")
         f"wall {_num(s.get('wall_time_s'), '.1f')}s"
         + "".join(f"  {k} {v:.3f}" for k, v in shown.items() if isinstance(v, (int, float)))
     )
+    by_group = ev.get("gold_reward_by_group") or {}
+    if by_group:
+        # worlds with groups (task clusters, held-out clusters): the headline is per group, against the start
+        base_by = ev.get("baseline_gold_reward_by_group") or {}
+
+        def num(v: object) -> str:
+            return f"{v:.3f}" if isinstance(v, (int, float)) and v == v else "-"
+
+        table = Table(title=f"held-out gold reward by group ({ev.get('n_prompts', '?')} prompts)", title_justify="left")
+        for col in ("group", "model", "base", "delta"):
+            table.add_column(col, justify="left" if col == "group" else "right")
+        # summary.json sorts its keys: the coarse groups (no "/") first, then the finer ones (per cluster)
+        for g, v in sorted(by_group.items(), key=lambda kv: ("/" in kv[0], kv[0])):
+            b = base_by.get(g)
+            delta = v - b if isinstance(v, (int, float)) and isinstance(b, (int, float)) else None
+            table.add_row(g, num(v), num(b), f"{delta:+.3f}" if delta is not None and delta == delta else "-")
+        console.print(table)
 
 
 QUICKSTART_SPEC = Path(__file__).resolve().parents[2] / "sweeps" / "quickstart.yaml"
