@@ -119,3 +119,52 @@ def test_rlhf_chain_runs_reward_model_then_ppo_from_one_command(tmp_path, tiny_b
     ppo_sum = json.loads((stages / "ppo" / "summary.json").read_text())
     assert ppo_sum["online"]["critic_init"] == str(stages / "reward" / "final")
     assert s["eval"] == ppo_sum["eval"]
+
+
+def test_a_stage_can_generate_with_an_openai_compatible_endpoint(tmp_path, tiny_base):
+    """A generator behind an HTTP API (a teacher, an annotator): n samples per prompt come back in
+    order; a 503 is retried; the endpoint is part of the stage's key."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from harness.pipelines.engine import PipelineContext
+    from harness.store.runs import Run
+
+    seen = []
+
+    class Teacher(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            if len(seen) == 1:
+                self.send_response(503)
+                self.end_headers()
+                return
+            prompt = body["messages"][0]["content"]
+            out = {"choices": [{"message": {"content": f"echo {prompt} #{i}"}} for i in range(body["n"])]}
+            data = json.dumps(out).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Teacher)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        spec = load_spec(None, ["method=spin", f"output_dir={tmp_path}", "name=ep", "reward.judge_workers=1",
+                                f"reward.judge_base_url=http://127.0.0.1:{srv.server_address[1]}/v1", *SMALL])
+        run_ = Run.create(tmp_path, "ep", prefix="spin")
+        ctx = PipelineContext(spec, run_, str(tiny_base))
+        src = ctx.transform("rows", lambda: [{"prompt": "a"}, {"prompt": "b"}])
+        out = ctx.generate("gen", model=ctx.endpoint("openai:teacher"), prompts=src, n=2, max_new_tokens=8)
+    finally:
+        srv.shutdown()
+    rows = out.load()
+    assert [(r["prompt"], r["completion"]) for r in rows] == [("a", "echo a #0"), ("a", "echo a #1"),
+                                                            ("b", "echo b #0"), ("b", "echo b #1")]
+    assert seen[1]["model"] == "teacher" and seen[1]["n"] == 2 and len(seen) == 3  # one 503 retried
+    cfg = json.loads(json.dumps(Run(run_.path / "stages" / "gen").config()))
+    assert "openai:teacher@http://127.0.0.1" in json.dumps(cfg["inputs"])

@@ -236,9 +236,9 @@ class TrainSpec:
     #: micro-batches per optimizer step
     grad_accum: int = ranged(1, ge=1, le=MAX_COUNT)
     #: tokens per sequence (prompt + completion); also checked against the model's positions
-    max_length: int = ranged(96, ge=2, le=MAX_TOKENS)
+    max_length: int = ranged(128, ge=2, le=MAX_TOKENS)
     #: prompt tokens kept (the end of the prompt); must be below max_length
-    max_prompt_length: int = ranged(48, ge=1, le=MAX_TOKENS)
+    max_prompt_length: int = ranged(96, ge=1, le=MAX_TOKENS)
     #: fp32, or bf16 autocast
     precision: Literal["fp32", "bf16"] = "fp32"
     #: recompute activations in the backward pass (less memory, more time)

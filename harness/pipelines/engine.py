@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.config import RunSpec, merge_raw, resolve, spec_to_dict
+from harness.modeling.endpoint import Endpoint, chat_complete
 from harness.modeling.generation import SamplingParams, generate, load_causal_lm
 from harness.store.cache import content_key
 from harness.store.runs import Run, atomic_write_json, read_jsonl
@@ -80,7 +81,7 @@ def _params(obj: Any) -> Any:
         return {str(k): _params(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_params(v) for v in obj]
-    if isinstance(obj, (Rows, Model)):
+    if isinstance(obj, (Rows, Model, Endpoint)):
         return obj.key
     return obj
 
@@ -148,13 +149,29 @@ class PipelineContext:
         r.set_status("completed")
         self.log.append({"stage": r.name, "kind": kind, "key": key, "reused": False})
 
-    def generate(self, name: str, *, model: Model, prompts: Rows, n: int = 1, temperature: float = 1.0,
+    def world_resource(self, name: str) -> str:
+        """A named text the data world ships for methods (e.g. ``judge_rubric``, ``constitution``:
+        a world lists them in ``resources()``)."""
+        world = spec_world(self.spec)
+        resources = world.resources() if hasattr(world, "resources") else {}
+        if name not in resources:
+            raise PipelineError(f"the data world {self.spec.data.source!r} has no resource {name!r}; "
+                                f"it has {sorted(resources)}")
+        return str(resources[name])
+
+    def endpoint(self, model: str) -> Endpoint:
+        """``openai:<model>`` as an endpoint generator, at ``reward.judge_base_url`` with the key in
+        ``reward.judge_api_key_env`` (the run's one endpoint setting)."""
+        return Endpoint(model.removeprefix("openai:"), self.spec.reward.judge_base_url, self.spec.reward.judge_api_key_env)
+
+    def generate(self, name: str, *, model: Model | Endpoint, prompts: Rows, n: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 32, template: str | None = None,
                  prompt_field: str = "prompt", out_field: str = "completion", seed: int = 0,
                  max_rows: int | None = None) -> Rows:
-        """Sample ``n`` completions per row from ``model``; the prompt is ``row[prompt_field]`` or
-        ``template.format(**row)``.  One output row per (row, sample): the input row plus
-        ``out_field``, ``input_index``, ``sample_index`` and ``n_tokens``."""
+        """Sample ``n`` completions per row from ``model`` (a stage's model, or an :class:`Endpoint`);
+        the prompt is ``row[prompt_field]`` or ``template.format(**row)``.  One output row per
+        (row, sample): the input row plus ``out_field``, ``input_index``, ``sample_index`` and
+        ``n_tokens`` (None from an endpoint, which returns text)."""
         params = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, template=template,
                       prompt_field=prompt_field, out_field=out_field, seed=seed, max_rows=max_rows,
                       max_prompt_length=self.spec.train.max_prompt_length)
@@ -165,15 +182,23 @@ class PipelineContext:
         t0 = time.perf_counter()
         rows = prompts.load()[:max_rows] if max_rows else prompts.load()
         texts = [template.format(**row) if template else row[prompt_field] for row in rows]
-        lm, tok = load_causal_lm(model.path)
-        sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            num_return_sequences=n, seed=seed)
-        comps = generate(lm, tok, texts, sp, batch_size=self.spec.eval.batch_size,
-                         max_prompt_length=self.spec.train.max_prompt_length)
-        out = [{**rows[c.prompt_index], out_field: c.text, "input_index": c.prompt_index,
-                "sample_index": c.sample_index, "n_tokens": c.n_tokens} for c in comps]
+        if isinstance(model, Endpoint):
+            answers = chat_complete(model, texts, n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                    seed=seed, workers=self.spec.reward.judge_workers,
+                                    max_retries=self.spec.reward.judge_max_retries)
+            out = [{**rows[i], out_field: text.strip(), "input_index": i, "sample_index": s, "n_tokens": None}
+                   for i, texts_i in enumerate(answers) for s, text in enumerate(texts_i)]
+        else:
+            lm, tok = load_causal_lm(model.path)
+            sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                num_return_sequences=n, seed=seed)
+            comps = generate(lm, tok, texts, sp, batch_size=self.spec.eval.batch_size,
+                             max_prompt_length=self.spec.train.max_prompt_length)
+            out = [{**rows[c.prompt_index], out_field: c.text, "input_index": c.prompt_index,
+                    "sample_index": c.sample_index, "n_tokens": c.n_tokens} for c in comps]
         _write_rows(r.path / "rows.jsonl", out)
-        self._finish(r, key, "generate", n_rows=len(out), wall_time_s=time.perf_counter() - t0, model=model.path)
+        self._finish(r, key, "generate", n_rows=len(out), wall_time_s=time.perf_counter() - t0,
+                     model=model.key if isinstance(model, Endpoint) else model.path)
         return Rows(r.path / "rows.jsonl", key)
 
     def transform(self, name: str, fn: Callable[..., list[dict[str, Any]]], *inputs: Rows, **params: Any) -> Rows:

@@ -275,6 +275,12 @@ class InstructWorld:
         revision_request, categories}]``)."""
         return self.root / "constitution.yaml"
 
+    def resources(self) -> dict[str, str]:
+        """Texts methods read through pipelines (``ctx.world_resource``): the Self-Rewarding judge
+        rubric (a template with ``{instruction}`` and ``{response}``) and the constitution's path."""
+        return {"judge_rubric": ic.JUDGE_RUBRIC, "constitution": str(self.constitution_path()),
+                "seed_tasks": str(self.seed_tasks_path())}
+
     def seed_tasks_path(self) -> Path:
         """Self-Instruct seed tasks (jsonl, the ``seed_tasks`` split)."""
         return self.split_path("seed_tasks")
