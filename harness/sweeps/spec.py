@@ -9,8 +9,8 @@ A sweep spec names a base run spec, the methods ("arms") to compare, and how to 
 each one.  Every arm gets its own Optuna study, ``<sweep name>/<arm>``, in one storage
 (a SQLite file in the sweep's output directory by default, for workers of one host; a
 PostgreSQL URL, or a ``journal:`` file on a shared filesystem, for many nodes: see
-:mod:`harness.sweeps.storage`).  ``storage: ${SWEEP_DB}`` takes the URL from the environment.  One Optuna trial is one
-configuration; it trains once per seed (``seeds``) and its value is the mean of the
+:mod:`harness.sweeps.storage`; ``storage: ${SWEEP_DB}`` takes the URL from the environment).
+One Optuna trial is one configuration; it trains once per seed (``seeds``) and its value is the mean of the
 objective over the seeds (the spread is kept in the trial's user attributes).
 
 Everything a sweep will run is validated here before any trial starts: unknown keys
@@ -487,17 +487,22 @@ def trial_timeout(ex: ExecutionSpec, runs: list[Any]) -> tuple[float, str]:
     if ex.trial_timeout_s is not None:
         return float(ex.trial_timeout_s), "execution.trial_timeout_s"
     total = 0.0
+    unknown = 0
     for spec in runs:
         t = spec.train
         steps = t.max_steps
         if steps is None and spec.data.max_samples:
             steps = t.epochs * math.ceil(spec.data.max_samples / max(t.batch_size * t.grad_accum, 1))
         if steps is None:
+            unknown += 1
             total += UNKNOWN_STEPS_TIMEOUT_S
             continue
         total += ex.run_overhead_s + steps * ex.step_timeout_s
     how = (f"derived: per run {ex.run_overhead_s:.0f}s + steps x {ex.step_timeout_s:.0f}s "
            "(execution.run_overhead_s, step_timeout_s; or set execution.trial_timeout_s)")
+    if unknown:
+        how += (f"; {UNKNOWN_STEPS_TIMEOUT_S / 3600:.0f} h for each of {unknown} run(s) whose steps are unknown "
+                "before the data loads (set train.max_steps or data.max_samples)")
     return total, how
 
 
