@@ -48,7 +48,9 @@ HARD_DEADLINE_S = 420
 #: what gets killed, in an order the RNG shuffles
 FAULTS = ["worker", "worker", "trial", "trial"]
 #: fault k waits until this many trials have finished, so the faults spread over the whole sweep
-SPREAD = [0, 2, 3, 4]
+SPREAD = [0, 1, 2, 3]
+#: seconds a worker fault waits for a trial whose run completed but is not reported yet
+PATIENCE_S = 5.0
 
 BASE = {
     "model": "toy:tiny",
@@ -95,15 +97,16 @@ def _finished_trials(out: Path) -> int:
     return n
 
 
-def _running_trials(out: Path) -> list[tuple[Path, int]]:
-    """(run dir, trial pid) of every trial process that is running now (loading, training or saving)."""
+def _running_trials(out: Path, statuses: tuple[str, ...] = ("running",)) -> list[tuple[Path, int]]:
+    """(run dir, trial pid) of every trial process alive now whose run has one of ``statuses``:
+    ``running`` (loading, training, saving), or ``completed`` (its process is about to report)."""
     found = []
     for status in sorted(out.glob("*/trial-*/status.json")):
         try:
             st = json.loads(status.read_text())
         except (OSError, ValueError):
             continue
-        if st.get("status") == "running" and _alive(int(st["pid"])):
+        if st.get("status") in statuses and _alive(int(st["pid"])):
             found.append((status.parent, int(st["pid"])))
     return found
 
@@ -150,15 +153,24 @@ def _chaos(workers: Workers, out: Path, rng: random.Random) -> list[str]:
     deadline = time.monotonic() + HARD_DEADLINE_S
     looks = Counter()  # how often a fault was due, with and without a running trial to aim at
     next_fault = time.monotonic() + rng.uniform(1.0, 3.0)
+    due_since: float | None = None
     while any(p.poll() is None for p in workers.procs):
         if time.monotonic() > deadline:
             raise AssertionError(f"the sweep did not finish within {HARD_DEADLINE_S}s after faults {done}; "
                                  f"worker logs:\n{workers.tails()}")
         if faults and time.monotonic() >= next_fault and _finished_trials(out) >= SPREAD[len(done)]:
+            # a worker whose trial's run just completed, before it told Optuna, is the hardest moment to
+            # lose it (the value must be kept, the configuration never run again): a worker fault waits
+            # a few seconds for such a moment before it takes any running trial's worker
+            due_since = due_since or time.monotonic()
+            finishing = _running_trials(out, ("completed",)) if faults[0] == "worker" else []
             running = _running_trials(out)
-            looks[bool(running)] += 1
-            if running:
-                d, pid = rng.choice(running)
+            # patience only while trials enough run that one will still be there to aim at afterwards
+            if faults[0] == "worker" and len(running) >= 2 and time.monotonic() < due_since + PATIENCE_S:
+                running = []
+            looks[bool(running or finishing)] += 1
+            if running or finishing:
+                d, pid = rng.choice(finishing or running)
                 what = f"{d.parent.name}/{d.name}"
                 if faults[0] == "trial":
                     os.kill(pid, signal.SIGKILL)  # as the OOM killer would
@@ -170,11 +182,12 @@ def _chaos(workers: Workers, out: Path, rng: random.Random) -> list[str]:
                     if slot is not None:
                         workers.procs[slot].kill()  # SIGKILL: no cleanup of any kind, as a lost node
                         workers.procs[slot].wait()
-                        done.append(f"killed worker {slot} running {what}")
+                        done.append(f"killed worker {slot} {'reporting' if finishing else 'running'} {what}")
                         workers.start(slot)
                         faults.pop(0)
                 next_fault = time.monotonic() + rng.uniform(2.0, 5.0)  # the next one a few seconds later
-        time.sleep(0.1)
+                due_since = None
+        time.sleep(0.02 if due_since else 0.1)  # a run's completed-but-unreported moment is short
     bad = [(i, p.returncode) for i, p in enumerate(workers.procs) if p.returncode != 0]
     assert not bad, f"workers exited with errors {bad}:\n{workers.tails()}"
     assert not faults, (f"the sweep finished before every fault was injected (done: {done}; looked for running "
@@ -184,7 +197,7 @@ def _chaos(workers: Workers, out: Path, rng: random.Random) -> list[str]:
 
 def test_killed_workers_and_trials_lose_no_completed_trial_and_run_none_twice(
         tmp_path: Path, tiny_base: Path, postgres_url: str) -> None:
-    raw = {"name": "chaos", "base": BASE, "methods": ["dpo", "simpo"], "trials_per_method": 4,
+    raw = {"name": "chaos", "base": BASE, "methods": ["dpo", "simpo"], "trials_per_method": 5,
            "sampler": {"kind": "random", "seed": 0},
            "objective": {"metric": "final_loss", "direction": "minimize"},
            "output_dir": str(tmp_path / "out"), "storage": postgres_url,
