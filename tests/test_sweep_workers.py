@@ -1,6 +1,7 @@
 """Sweeps end to end with real trials (tiny toy-world runs of a few steps) in real worker processes:
 two workers on one journal file and on a PostgreSQL server started here, a worker killed with
-SIGKILL mid-trial, Ctrl-C and resume, failing trials, grid coverage.
+SIGKILL mid-trial, Ctrl-C and resume, failing trials, grid coverage, workers whose clocks are hours
+off, a hung trial's default timeout, and a storage URL from the environment that no record repeats.
 
     .venv/bin/pytest tests/test_sweep_workers.py -q
 """
