@@ -158,7 +158,10 @@ def test_hf_logprob_judge_reads_the_answer_tokens(tiny_judge: tuple[Any, Any]) -
     # the judge learned its rule: reading A and B swapped would score well below chance
     agree = [(p > 0.5) == (_rule(a, b) == "A") for p, (_, a, b) in zip(batched, items)]
     assert sum(agree) / len(agree) >= 0.75
-    assert judge.identity == {"backend": "hf_logprob", "model": MODEL_NAME, "prompt_version": "pairwise-v1"}
+    ident = judge.identity
+    assert {k: ident[k] for k in ("backend", "model", "prompt_version", "dtype")} == \
+        {"backend": "hf_logprob", "model": MODEL_NAME, "prompt_version": "pairwise-v1", "dtype": "float32"}
+    assert ident["weights"] and ident["tokenizer"] and ident["prompt_sha"]  # content, beside the display name
 
 
 def _judge_inputs(n: int, seed: int) -> tuple[list[str], list[str], list[str]]:

@@ -22,8 +22,9 @@ from optuna.trial import FixedTrial, TrialState
 
 from harness.core.config import ConfigError, resolve
 from harness.core.contract import METHODS, load_methods
+from harness.sweeps import storage as storage_mod
 from harness.sweeps.spec import (
-    ATTR_HEARTBEAT,
+    ATTR_LEASE,
     arm_state,
     device_slots,
     load_sweep,
@@ -34,7 +35,7 @@ from harness.sweeps.spec import (
     within_budget,
 )
 from harness.sweeps.storage import ensure_studies, parse_storage, transition_lock
-from harness.sweeps.worker import reap_stale
+from harness.sweeps.worker import Reaper
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -60,11 +61,25 @@ def spec(tmp_path: Path, **over: object) -> dict:
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
-def test_every_spec_in_sweeps_validates(path: Path) -> None:
+def test_every_spec_in_sweeps_validates(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_DB", "postgresql+psycopg2://user:pw@db-host:5432/sweeps")
     sw = load_sweep(path)
     assert sw.arms and all(a.budget >= 1 for a in sw.arms)
     raw = yaml.safe_load(path.read_text())
     assert sw.name == raw.get("name", path.stem)
+
+
+def test_the_multi_node_spec_reads_its_database_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its comments tell users to export SWEEP_DB: the spec must read it, and say so when it is missing."""
+    path = ROOT / "sweeps" / "qwen-ultrafeedback.yaml"
+    assert "export SWEEP_DB=" in path.read_text()
+    monkeypatch.delenv("SWEEP_DB", raising=False)
+    with pytest.raises(ConfigError, match=r"SWEEP_DB"):
+        load_sweep(path, check_runs=False)
+    monkeypatch.setenv("SWEEP_DB", "postgresql+psycopg2://me:pw@db-host:5432/sweeps")
+    sw = load_sweep(path, check_runs=False)
+    assert sw.storage.kind == "rdb" and sw.storage.url == "postgresql+psycopg2://me:pw@db-host:5432/sweeps"
+    assert sw.storage.display() == "postgresql+psycopg2://me:***@db-host:5432/sweeps"
 
 
 def test_spec_dir_has_the_required_specs() -> None:
@@ -291,13 +306,22 @@ def test_racing_asks_never_share_a_waiting_trial(tmp_path: Path, kind: str) -> N
                optuna.load_study(study_name="t/dpo", storage=sw.storage.open()).get_trials())
 
 
-def _stale_trial(sw, params=None):
+class Clock:
+    """A reaper's monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _running_trial(sw, params=None):
     study = ensure_studies(sw)["dpo"]
     study.enqueue_trial(params or {"method.beta": 0.3})
     t = study.ask()
     t.suggest_float("method.beta", 0.01, 1.0, log=True)
-    storage = sw.storage.open()
-    storage.set_trial_system_attr(t._trial_id, ATTR_HEARTBEAT, time.time() - 1000)
+    sw.storage.open().set_trial_system_attr(t._trial_id, ATTR_LEASE, 1)
     return study, t
 
 
@@ -306,16 +330,21 @@ def test_racing_reapers_retry_a_lost_trial_exactly_once(tmp_path: Path, kind: st
     storage = f"journal:{tmp_path / 'j.log'}" if kind == "journal" else f"sqlite:///{tmp_path / 'r.db'}"
     sw = load_sweep(raw=spec(tmp_path, methods=["dpo"], storage=storage,
                              execution={"heartbeat_s": 1, "grace_s": 5}), check_runs=False)
-    study, t = _stale_trial(sw)
+    study, t = _running_trial(sw)
+    clock = Clock()
+    reapers = [Reaper(sw, clock) for _ in range(4)]
+    for r in reapers:  # each sees the lease once; it then stands still past the grace period
+        assert r.reap(sw.storage.open()) == []
+    clock.t += 6
     barrier = threading.Barrier(4)
     reaped: list = []
 
-    def reaper() -> None:
+    def reaper(r: Reaper) -> None:
         st = sw.storage.open()
         barrier.wait()
-        reaped.extend(reap_stale(sw, st))
+        reaped.extend(r.reap(st))
 
-    threads = [threading.Thread(target=reaper) for _ in range(4)]
+    threads = [threading.Thread(target=reaper, args=(r,)) for r in reapers]
     for th in threads:
         th.start()
     for th in threads:
@@ -323,25 +352,197 @@ def test_racing_reapers_retry_a_lost_trial_exactly_once(tmp_path: Path, kind: st
     assert reaped == [("dpo", t.number)]
     trials = study.get_trials()
     lost = trials[t.number]
-    assert lost.state == TrialState.FAIL and "stopped sending heartbeats" in lost.user_attrs["fail_reason"]
+    assert lost.state == TrialState.FAIL and "stopped advancing its lease" in lost.user_attrs["fail_reason"]
     retries = [x for x in trials if x.user_attrs.get("retry_of") == t.number]
     assert len(retries) == 1 and retries[0].state == TrialState.WAITING
     assert retries[0].system_attrs["fixed_params"] == {"method.beta": 0.3}
-    assert reap_stale(sw, sw.storage.open()) == []  # nothing left to reap
+    assert reapers[0].reap(sw.storage.open()) == []  # nothing left to reap
 
 
-def test_a_fresh_heartbeat_is_not_reaped_and_retries_are_bounded(tmp_path: Path) -> None:
+def test_a_reaper_judges_leases_on_its_own_clock_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live trial's lease advances: never reaped, whatever the reaper's wall clock says; a dead one's
+    stands still: reaped once the grace period passed on the reaper's monotonic clock, and retries
+    are bounded by max_retries."""
     sw = load_sweep(raw=spec(tmp_path, methods=["dpo"], execution={"heartbeat_s": 1, "grace_s": 5, "max_retries": 0}),
                     check_runs=False)
-    study, t = _stale_trial(sw)
+    study, t = _running_trial(sw)
     storage = sw.storage.open()
-    storage.set_trial_system_attr(t._trial_id, ATTR_HEARTBEAT, time.time())
-    assert reap_stale(sw, storage) == []
-    assert reap_stale(sw, storage, now=time.time() + 60) == [("dpo", t.number)]
+    for skew in (+3 * 3600, -3 * 3600):  # a wall clock hours off changes nothing
+        monkeypatch.setattr(time, "time", lambda s=skew, real=time.time: real() + s)
+        clock = Clock()
+        reaper = Reaper(sw, clock)
+        for beat in range(2, 12):  # the owner advances its lease every heartbeat; the reaper looks as often
+            storage.set_trial_system_attr(t._trial_id, ATTR_LEASE, beat + 100 * (skew > 0))
+            assert reaper.reap(storage) == []
+            clock.t += 1
+        monkeypatch.undo()
+    clock = Clock()
+    reaper = Reaper(sw, clock)
+    assert reaper.reap(storage) == []  # first sighting: the clock starts now, however old the lease is
+    clock.t += 5
+    assert reaper.reap(storage) == []  # not more than grace yet
+    clock.t += 0.5
+    assert reaper.reap(storage) == [("dpo", t.number)]
     trials = study.get_trials()
     assert "not retried" in trials[t.number].user_attrs["fail_reason"]
     assert not [x for x in trials if x.user_attrs.get("retry_of") == t.number]
     assert arm_state(trials, 2).failed == 1  # a lost trial that is not retried uses its budget slot
+
+
+def test_an_orphaned_retry_is_enqueued_once_after_grace(tmp_path: Path) -> None:
+    """A worker that failed a lost trial and died before enqueueing its retry leaves an orphan: the arm
+    is not finished, and a reaper enqueues the retry after the grace period, once."""
+    sw = load_sweep(raw=spec(tmp_path, methods=["dpo"], execution={"heartbeat_s": 1, "grace_s": 5}), check_runs=False)
+    study, t = _running_trial(sw)
+    storage = sw.storage.open()
+    storage.set_trial_user_attr(t._trial_id, "retry_wanted", True)
+    storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    assert arm_state(study.get_trials(), 2).orphans == 1 and not arm_state(study.get_trials(), 2).finished
+    clock = Clock()
+    reapers = [Reaper(sw, clock), Reaper(sw, clock)]
+    assert [r.reap(storage) for r in reapers] == [[], []]
+    clock.t += 6
+    for r in reapers:
+        r.reap(storage)
+    retries = [x for x in study.get_trials() if x.user_attrs.get("retry_of") == t.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.WAITING
+    assert arm_state(study.get_trials(), 2).orphans == 0
+
+
+def test_a_duplicate_retry_never_runs(tmp_path: Path) -> None:
+    """Should a lost trial's retry be enqueued twice, the lowest-numbered one runs and the other is
+    failed as surplus when asked, before it starts."""
+    from harness.sweeps.worker import Worker
+
+    sw = load_sweep(raw=spec(tmp_path, methods=["dpo"]), check_runs=False)
+    study = ensure_studies(sw)["dpo"]
+    lost = study.ask()
+    lost.suggest_float("method.beta", 0.01, 1.0, log=True)
+    study.tell(lost, state=TrialState.FAIL)
+    for _ in range(2):
+        study.enqueue_trial(dict(lost.params), user_attrs={"retry_of": lost.number, "retry_depth": 1})
+    worker = Worker(sw, [{}], log=lambda m: None)
+    storage = sw.storage.open()
+    first = worker._ask(storage, sw.arms[0])
+    assert first is not None and first[1].user_attrs["retry_of"] == lost.number
+    assert worker._ask(storage, sw.arms[0]) is None  # the duplicate
+    dup = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == lost.number][1]
+    assert dup.state == TrialState.FAIL and dup.user_attrs.get("surplus")
+
+
+@pytest.mark.slow
+def test_a_lost_trial_whose_runs_completed_is_completed_not_rerun(tmp_path: Path, tiny_base: Path) -> None:
+    """A worker killed after its trial's runs completed, before it told Optuna: the reaper keeps the
+    value from the runs instead of running the configuration a second time."""
+    from harness.store.runs import Run
+    from harness.training.runner import execute
+
+    sw = load_sweep(raw=spec(tmp_path, methods=["dpo"], execution={"heartbeat_s": 1, "grace_s": 5}), check_runs=False)
+    study, t = _running_trial(sw)
+    arm = sw.arms[0]
+    execute(resolve(trial_raw(sw, arm, dict(t.params), t.number, sw.seeds[0])), tracking="disabled")
+    loss = Run(sw.run_dir(arm, t.number, sw.seeds[0])).summary()["final_loss"]
+    clock = Clock()
+    reaper = Reaper(sw, clock)
+    reaper.reap(sw.storage.open())
+    clock.t += 6
+    assert reaper.reap(sw.storage.open()) == [("dpo", t.number)]
+    trials = study.get_trials()
+    assert trials[t.number].state == TrialState.COMPLETE and trials[t.number].value == pytest.approx(loss)
+    assert "its runs had completed" in trials[t.number].user_attrs["recovered"]
+    assert not [x for x in trials if x.user_attrs.get("retry_of") == t.number]
+    assert Run(sw.run_dir(arm, t.number, sw.seeds[0])).summary()["study_name"] == "t/dpo"
+
+
+# --------------------------------------------------------------------------- storages shared across hosts
+
+
+OTHER_HOST = {"hostname": "node-b", "boot_id": "another-kernel"}
+
+
+def test_a_sqlite_sweep_refuses_a_worker_on_another_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from harness.cli.main import app
+
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(spec(tmp_path, storage=None)))  # the default: SQLite in the output dir
+    sw = load_sweep(p, check_runs=False)
+    ensure_studies(sw)
+    ensure_studies(sw)  # the same host again: fine
+    monkeypatch.setattr(storage_mod, "host_identity", lambda: dict(OTHER_HOST))
+    with pytest.raises(ConfigError, match=r"created by a worker on host .*node-b.*PostgreSQL.*journal"):
+        ensure_studies(sw)
+    res = CliRunner().invoke(app, ["worker", str(p), "--slots", "1"])
+    assert res.exit_code == 2 and "PostgreSQL" in res.output, res.output
+    # a restarted host keeps its name (a new boot id); containers on one host share the kernel's boot id
+    monkeypatch.undo()
+    me = storage_mod.host_identity()
+    for ident in ({**me, "boot_id": "rebooted"}, {**me, "hostname": "container-2"}):
+        monkeypatch.setattr(storage_mod, "host_identity", lambda i=ident: dict(i))
+        ensure_studies(sw)
+
+
+def test_a_journal_shared_across_hosts_needs_a_shared_filesystem(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    sw = load_sweep(raw=spec(tmp_path), check_runs=False)  # a journal file in tmp_path: a local filesystem
+    ensure_studies(sw)
+    monkeypatch.setattr(storage_mod, "host_identity", lambda: dict(OTHER_HOST))
+    with pytest.raises(ConfigError, match=r"shared filesystem where O_CREAT\|O_EXCL is atomic"):
+        ensure_studies(sw)
+    monkeypatch.setattr(storage_mod, "filesystem_type", lambda path: "nfs4")
+    ensure_studies(sw)  # on NFS it may be shared
+
+
+# --------------------------------------------------------------------------- credentials in storage URLs
+
+
+def test_storage_urls_from_the_environment_and_credentials_never_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.core.config import spec_to_dict
+    from harness.sweeps.spec import summary_keys, sweep_tags
+    from harness.sweeps.storage import StorageRef
+
+    raw = spec(tmp_path, storage="${HARNESS_TEST_DB}")
+    monkeypatch.delenv("HARNESS_TEST_DB", raising=False)
+    with pytest.raises(ConfigError, match=r"\$\{HARNESS_TEST_DB\}.*not set.*export HARNESS_TEST_DB="):
+        load_sweep(raw=raw, check_runs=False)
+    url = "postgresql+psycopg2://me:s3cr3t-pw@127.0.0.1:1/sweeps?sslpassword=k3y-pw&application_name=x"
+    monkeypatch.setenv("HARNESS_TEST_DB", url)
+    sw = load_sweep(raw=raw, check_runs=False)
+    assert sw.storage.kind == "rdb" and sw.storage.url == url
+    arm = sw.arms[0]
+    written = json.dumps([sw.storage.display(), sw.storage.report_form, repr(sw.storage), repr(sw),
+                          summary_keys(sw, arm, 0, 0), sweep_tags(sw, arm, 0, 0),
+                          spec_to_dict(resolve(trial_raw(sw, arm, {}, 0, 0)))], default=str)
+    assert "s3cr3t-pw" not in written and "k3y-pw" not in written
+    assert "postgresql+psycopg2://me:***@127.0.0.1:1/sweeps" in written and "application_name=x" in written
+    with pytest.raises(Exception) as e:  # nothing listens on port 1: the error names the storage, not the password
+        StorageRef("rdb", url).open()
+    assert "s3cr3t-pw" not in str(e.value) and "127.0.0.1:1" in str(e.value)
+
+
+def test_trial_timeout_is_derived_from_the_spec(tmp_path: Path) -> None:
+    """Without execution.trial_timeout_s a trial still has a limit: run_overhead_s plus step_timeout_s per
+    optimizer step, per seed (a hung trial under a live worker would hold its slot forever)."""
+    from harness.sweeps.spec import UNKNOWN_STEPS_TIMEOUT_S, trial_timeout
+
+    def limit(over: dict, **execution: object) -> tuple[float, str]:
+        train = {k: v for k, v in {**BASE["train"], **over.get("train", {})}.items() if v is not None}
+        base = {**BASE, "train": train, "data": over.get("data", BASE["data"])}
+        sw = load_sweep(raw=spec(tmp_path, seeds=[0, 1], base=base, execution=execution), check_runs=False)
+        return trial_timeout(sw.spec.execution, [resolve(trial_raw(sw, sw.arms[0], {}, 0, s)) for s in sw.seeds])
+
+    got, how = limit({})  # max_steps 2, two seeds
+    assert got == 2 * (3600 + 2 * 60) and how.startswith("derived")
+    got, _ = limit({"train": {"max_steps": None, "epochs": 3, "grad_accum": 2}}, step_timeout_s=10, run_overhead_s=100)
+    assert got == 2 * (100 + 3 * 6 * 10)  # 48 samples / (4 x 2) = 6 steps per epoch
+    got, _ = limit({"train": {"max_steps": None}, "data": {}})  # steps unknown until the data loads
+    assert got == 2 * UNKNOWN_STEPS_TIMEOUT_S
+    assert limit({}, trial_timeout_s=90) == (90, "execution.trial_timeout_s")
+    assert limit({}, trial_timeout_s=float("inf"))[0] == float("inf")
+    with pytest.raises(ConfigError, match="trial_timeout_s must be > 0"):
+        limit({}, trial_timeout_s=0)
 
 
 # --------------------------------------------------------------------------- small pieces

@@ -1,6 +1,7 @@
 """Sweeps end to end with real trials (tiny toy-world runs of a few steps) in real worker processes:
 two workers on one journal file and on a PostgreSQL server started here, a worker killed with
-SIGKILL mid-trial, Ctrl-C and resume, failing trials, grid coverage.
+SIGKILL mid-trial, Ctrl-C and resume, failing trials, grid coverage, workers whose clocks are hours
+off, a hung trial's default timeout, and a storage URL from the environment that no record repeats.
 
     .venv/bin/pytest tests/test_sweep_workers.py -q
 """
@@ -9,12 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,6 +23,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from pg_server import postgres_server
 
 from harness.store.runs import Run
 from harness.sweeps.spec import load_sweep
@@ -51,11 +50,17 @@ def write_spec(tmp_path: Path, name: str = "s", **over: Any) -> Path:
     return p
 
 
-def harness(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+#: runs the CLI with this process's wall clock (time.time) shifted by argv[1] seconds: a host whose clock is off
+_SKEWED = ("import sys, time; _real = time.time; _skew = float(sys.argv.pop(1)); time.time = lambda: _real() + _skew; "
+           "from harness.cli.main import main; main()")
+
+
+def harness(args: list[str], log: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None,
+            clock_skew_s: float | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    entry = ["-m", "harness.cli.main"] if clock_skew_s is None else ["-c", _SKEWED, str(clock_skew_s)]
     with open(log, "wb") as fh:
-        return subprocess.Popen([sys.executable, "-m", "harness.cli.main", *args], stdout=fh, stderr=subprocess.STDOUT,
-                                env=env)
+        return subprocess.Popen([sys.executable, *entry, *args], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
 
 def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> int:
@@ -157,44 +162,11 @@ def test_two_workers_share_a_journal_file(tmp_path: Path, tiny_base: Path) -> No
     two_workers(tmp_path, write_spec(tmp_path))
 
 
-def _pg_bindir() -> Path | None:
-    for initdb in sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True):
-        return initdb.parent
-    found = shutil.which("initdb")
-    return Path(found).parent if found else None
-
-
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A throw-away PostgreSQL server on a loopback port (Debian's postgresql binaries)."""
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed; .ci/run installs postgresql")
-    pytest.importorskip("psycopg2", reason="psycopg2-binary is needed for postgresql+psycopg2:// URLs")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root = Path(tempfile.mkdtemp(prefix="harness-pg-"))
-    if as_postgres:  # initdb refuses to run as root
-        shutil.chown(root, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
-    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "harness", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="harness", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE sweeps")
-        conn.close()
-        yield f"postgresql+psycopg2://harness@127.0.0.1:{port}/sweeps"
-    finally:
-        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_server() as url:
+        yield url
 
 
 def test_two_workers_share_a_postgres_server(tmp_path: Path, tiny_base: Path, postgres_url: str) -> None:
@@ -231,7 +203,7 @@ def test_killed_trial_and_killed_worker(tmp_path: Path, tiny_base: Path) -> None
     t0, t1 = ts[0], ts[1]
     assert t0.state == TrialState.FAIL and "killed by SIGKILL" in t0.user_attrs["fail_reason"]
     assert not t0.user_attrs.get("retry_wanted")  # a crashed trial is a result, not retried
-    assert t1.state == TrialState.FAIL and "stopped sending heartbeats" in t1.user_attrs["fail_reason"]
+    assert t1.state == TrialState.FAIL and "stopped advancing its lease" in t1.user_attrs["fail_reason"]
     retries = [t for t in ts if t.user_attrs.get("retry_of") == 1]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == t1.params
@@ -241,7 +213,7 @@ def test_killed_trial_and_killed_worker(tmp_path: Path, tiny_base: Path) -> None
     assert Run(sw.run_dir(arm, 1, 0)).status()["status"] == "failed"
     status = subprocess.run([sys.executable, "-m", "harness.cli.main", "sweep", "status", str(spec)],
                             capture_output=True, text=True, check=True).stdout
-    assert "killed by SIGKILL" in status and "stopped sending heartbeats" in status
+    assert "killed by SIGKILL" in status and "stopped advancing its lease" in status
 
 
 def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(tmp_path: Path, tiny_base: Path) -> None:
@@ -338,3 +310,149 @@ def test_median_pruner_stops_a_lagging_trial(tmp_path: Path, tiny_base: Path) ->
     assert run.status()["status"] == "pruned"
     margin = next(r["eval/rewards/margins"] for r in run.metrics() if "eval/rewards/margins" in r)
     assert second.intermediate_values == {2: pytest.approx(-margin)}
+
+
+# --------------------------------------------------------------------------- clocks, hung trials, credentials
+
+
+def test_a_worker_whose_clock_is_hours_off_neither_reaps_live_trials_nor_keeps_dead_ones(
+        tmp_path: Path, tiny_base: Path) -> None:
+    """Worker A trains trial 0.  Worker B, its wall clock 3 hours ahead, joins and watches it for more
+    than the grace period: the trial stays running (a reaper comparing A's timestamps with its own clock
+    would call it 3 hours stale).  Then A is killed; worker C, its clock 3 hours behind, still declares
+    the trial lost after the grace period (comparing clocks, it would wait 3 hours)."""
+    spec = write_spec(tmp_path, methods=["dpo"], trials_per_method=1,
+                      base={**BASE, "train": {**BASE["train"], "max_steps": 100000}},
+                      execution={"heartbeat_s": 0.5, "grace_s": 3, "trial_timeout_s": 3600})
+    sw = load_sweep(spec, check_runs=False)
+    arm = sw.arms[0]
+    logs = {k: tmp_path / f"{k}.log" for k in "abc"}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        procs["a"] = harness(["worker", str(spec), "--slots", "1"], logs["a"])
+        pid0 = wait_for(lambda: training(sw.run_dir(arm, 0, 0)), 120, "trial 0 training", procs["a"], logs["a"])
+        procs["b"] = harness(["worker", str(spec), "--slots", "1"], logs["b"], clock_skew_s=3 * 3600)
+        wait_for(lambda: "waiting:" in logs["b"].read_text(), 120, "worker B to join and wait", procs["b"], logs["b"])
+        deadline = time.monotonic() + 2 * 3 + 1  # B reaps every 0.5 s: more than two grace periods of looking
+        while time.monotonic() < deadline:
+            assert all_trials(spec)["dpo"][0].state == TrialState.RUNNING, logs["b"].read_text()[-2000:]
+            time.sleep(0.5)
+        assert alive(pid0)
+        procs["b"].kill()
+        procs["b"].wait()
+        procs["a"].kill()  # SIGKILL: the trial process follows it
+        procs["a"].wait()
+        wait_for(lambda: not alive(pid0), 20, "worker A's trial process to die")
+        procs["c"] = harness(["worker", str(spec), "--slots", "1"], logs["c"], clock_skew_s=-3 * 3600)
+        lost = wait_for(lambda: next((t for t in all_trials(spec)["dpo"] if t.state == TrialState.FAIL), None),
+                        120, "worker C to declare trial 0 lost", procs["c"], logs["c"])
+        assert lost.number == 0 and "stopped advancing its lease" in lost.user_attrs["fail_reason"]
+        assert [t.user_attrs.get("retry_of") for t in all_trials(spec)["dpo"][1:]] == [0]
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+HANG_PLUGIN = '''
+"""A method whose first step never ends: a hung trial (tests/test_sweep_workers.py)."""
+import time
+from dataclasses import dataclass
+
+from harness.core.contract import DataKind, Paper, register_method, suggest_lr
+
+
+@dataclass
+class HangConfig:
+    pass
+
+
+@register_method
+class Hang:
+    name = "hang"
+    paper = Paper("A hung trial", "", "tests", "https://example.org")
+    data_kind = DataKind.SFT
+    needs_reference = False
+    model_kind = "causal_lm"
+    config_cls = HangConfig
+
+    def search_space(self, trial):
+        return suggest_lr(trial)
+
+    def objective(self, hp, policy, reference, norm):
+        time.sleep(3600)
+'''
+
+
+def _hang_plugin(site: Path) -> Path:
+    """An installed method plugin, as pip lays one out: the module and its dist-info with the entry point."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "harness_hang_plugin.py").write_text(HANG_PLUGIN)
+    info = site / "harness_hang_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-hang-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[align_harness.methods]\nhang = harness_hang_plugin\n")
+    return site
+
+
+def test_a_hung_trial_times_out_by_default_and_is_retried(tmp_path: Path, tiny_base: Path) -> None:
+    """No trial_timeout_s in the spec: the limit is derived from it (2 steps x step_timeout_s + run_overhead_s).
+    The hung trial is killed at the limit, failed as a timeout and retried within max_retries; the worker,
+    alive and heartbeating throughout, then finishes."""
+    site = _hang_plugin(tmp_path / "site")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    spec = write_spec(tmp_path, methods=["hang"], trials_per_method=1,
+                      execution={"heartbeat_s": 0.5, "grace_s": 30, "max_retries": 1, "step_timeout_s": 1,
+                                 "run_overhead_s": 4})
+    log = tmp_path / "worker.log"
+    assert finish(harness(["sweep", str(spec)], log, env=env), log, timeout=180) == 0, log.read_text()[-3000:]
+    # this process does not have the plugin: read the study and runs without loading the spec
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "sweep.log")))
+    first, retry = optuna.load_study(study_name="s/hang", storage=storage).get_trials()
+    assert first.state == TrialState.FAIL and retry.state == TrialState.FAIL
+    assert first.user_attrs["fail_reason"].startswith("timeout: timed out after 6s (derived")
+    assert first.user_attrs["retry_reason"] == "timeout" and retry.user_attrs["retry_of"] == first.number
+    assert "not retried after 1 retries" in retry.user_attrs["fail_reason"]
+    for t in (first, retry):
+        run = Run(tmp_path / "out" / "hang" / f"trial-{t.number:04d}-seed0")
+        assert run.status()["status"] == "failed" and "timed out" in run.status()["error"]
+        assert not alive(int(run.status()["pid"]))
+    assert "timeout: timed out" in log.read_text()
+
+
+def test_storage_url_from_the_environment_and_no_credentials_in_any_record(
+        tmp_path: Path, tiny_base: Path, postgres_url: str) -> None:
+    """``storage: ${VAR}`` is read from the environment (a clear error when unset), the trial processes reach
+    the database with it (the pruner reports to the study), and its password appears in no file the sweep
+    writes (run configs, summaries, W&B, job files, logs) nor in ``harness sweep status``."""
+    secret = "s3cr3t-pw"
+    url = postgres_url.replace("harness@", f"harness:{secret}@")  # trust auth: the password is not checked
+    spec = write_spec(tmp_path, name="secret", methods=["dpo"], trials_per_method=1, storage="${HARNESS_TEST_SWEEP_DB}",
+                      pruner={"kind": "median", "metric": "loss", "n_startup_trials": 0},
+                      base={**BASE, "train": {**BASE["train"], "max_steps": 4, "eval_every": 2}},
+                      execution={"heartbeat_s": 1, "grace_s": 30, "tracking": "offline"})
+    env = {"WANDB_MODE": "offline"}
+    log = tmp_path / "unset.log"
+    assert finish(harness(["sweep", str(spec)], log, env=env, cwd=tmp_path), log, timeout=120) == 2
+    assert "${HARNESS_TEST_SWEEP_DB}" in log.read_text() and "not set" in log.read_text()
+    env["HARNESS_TEST_SWEEP_DB"] = url
+    log = tmp_path / "sweep.log"
+    assert finish(harness(["sweep", str(spec)], log, env=env, cwd=tmp_path), log) == 0, log.read_text()[-3000:]
+    status = subprocess.run([sys.executable, "-m", "harness.cli.main", "sweep", "status", str(spec), "--json"],
+                            capture_output=True, text=True, env={**os.environ, **env}, cwd=tmp_path, timeout=120)
+    assert status.returncode == 0, status.stderr
+    storage = optuna.storages.RDBStorage(url)
+    trial = optuna.load_study(study_name="secret/dpo", storage=storage).get_trials()[0]
+    assert trial.state == TrialState.COMPLETE and sorted(trial.intermediate_values) == [2, 4]  # pruner reports
+    redacted = postgres_url.replace("harness@", "harness:***@")
+    sw_out = tmp_path / "out" / "dpo" / "trial-0000-seed0"
+    assert Run(sw_out).summary()["sweep_storage"] == redacted
+    assert Run(sw_out).config()["tags"]["storage"] == redacted
+    # W&B got the run's config, storage (redacted) included: the scan below covers what it wrote
+    assert any(redacted.encode() in f.read_bytes() for f in tmp_path.rglob("*.wandb")), "nothing reached W&B"
+    leaks = [str(p) for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaks == [], leaks
+    assert secret not in status.stdout + status.stderr and redacted in status.stdout

@@ -190,11 +190,21 @@ def _sample(model: Any, tok: Any, path: str | None, prompts: list[Prompt], param
     return generate(model, tok, prompts, params, batch_size=ev.batch_size)
 
 
-def _baseline_key(baseline: str, prompts: list[Prompt], params: SamplingParams, backend: str) -> dict[str, Any]:
+def _baseline_key(baseline: str, prompts: list[Prompt], params: SamplingParams, backend: str, batch_size: int,
+                  device: torch.device) -> dict[str, Any]:
+    """Everything the baseline's samples depend on.  The fingerprint covers the weights (a hub
+    id's resolved commit: :class:`_Baseline` loads its default revision), the tokenizer and
+    the chat template the prompts are rendered with.  HF sampling is seeded per batch, so the
+    batch size and the device's random stream pick which tokens come out; library versions
+    change the sampling code itself."""
+    import transformers
+
     from harness.modeling.identity import weights_fingerprint
 
-    return {"v": BASELINE_CACHE_VERSION, "weights": weights_fingerprint(baseline), "prompts": prompts,
-            "params": asdict(params), "backend": backend}
+    return {"v": BASELINE_CACHE_VERSION, "weights": weights_fingerprint(baseline), "dtype": "float32",
+            "prompts": prompts, "params": asdict(params), "backend": backend,
+            "batch_size": batch_size if backend == "hf" else None, "device": device.type,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
 
 class _Baseline:
@@ -381,7 +391,7 @@ def _baseline_samples(base: _Baseline, prompts: list[Prompt], params: SamplingPa
     with the same parameters before (every trial of a sweep shares them), else generated."""
     cache = BlobCache("eval-baseline")
     with timer("baseline_generation"):  # a cache hit costs hashing the baseline's weights
-        key = _baseline_key(base.path, prompts, params, "vllm" if _use_vllm(ev) else "hf")
+        key = _baseline_key(base.path, prompts, params, "vllm" if _use_vllm(ev) else "hf", ev.batch_size, base.device)
         cached = cache.get(key)
         if not (isinstance(cached, list) and len(cached) == len(prompts)):
             cached = None

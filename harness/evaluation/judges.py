@@ -1,7 +1,9 @@
 """Pairwise judges (AlpacaEval style): which of two outputs to an instruction is better.
 
 A judge is anything with an ``identity`` dict (``backend``, ``model``, ``prompt_version``,
-plus whatever else changes its answers) and ``prefer(instruction, output_a, output_b)``
+plus whatever else changes its answers: local judges add the content hash and dtype of their
+weights and their tokenizer's hash, every prompt-based judge the hash of the prompt's wording,
+the HTTP judge its endpoint and decoding parameters; ``model`` stays the readable name reports show) and ``prefer(instruction, output_a, output_b)``
 returning P(output_a is better) in [0, 1]; local judges may add ``prefer_batch(items)``.
 Backends:
 
@@ -68,6 +70,35 @@ _USER_TEMPLATE = (
     "Response B:\n{output_b}\n\n"
     "Which response is better? Reply with the single letter A or B."
 )
+
+
+def prompt_sha() -> str:
+    """Hash of the judging prompt's wording: an edit changes every cache key even when
+    ``PROMPT_VERSION`` was not bumped (the version stays in identities as the readable name)."""
+    return hashlib.sha256(f"{_SYSTEM_PROMPT}\x00{_USER_TEMPLATE}".encode()).hexdigest()[:16]
+
+
+def _callable_sha(fn: Callable[..., Any]) -> str:
+    """Hash of a function's code and constants (a reward model's custom ``format_fn``)."""
+    code = getattr(fn, "__code__", None)
+    blob = repr((getattr(fn, "__module__", ""), getattr(fn, "__qualname__", repr(fn)),
+                 code.co_code if code is not None else b"", code.co_consts if code is not None else ()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def local_model_identity(model: Any, tokenizer: Any, path: str | None) -> dict[str, Any]:
+    """What a local judge's answers depend on besides the prompt: the weights' content hash
+    (of the directory or hub commit it was loaded from, else of the parameters in memory), the
+    dtype they run in and the tokenizer that renders the judging prompt."""
+    from harness.data.batching import tokenizer_fingerprint
+    from harness.modeling.identity import module_fingerprint, weights_fingerprint
+
+    param = next(iter(model.parameters()), None)
+    return {
+        "weights": weights_fingerprint(path) if path is not None else module_fingerprint(model),
+        "dtype": str(param.dtype).removeprefix("torch.") if param is not None else "none",
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
 
 
 def judge_messages(instruction: str, output_a: str, output_b: str) -> list[dict[str, str]]:
@@ -475,12 +506,15 @@ class OpenAIChatJudge:
         self.logprobs = logprobs
         self.top_logprobs = top_logprobs
         self.max_tokens = max_tokens
+        # everything that changes an answer; not the timeout or the key (they change whether one comes)
         self.identity = {
             "backend": "openai",
             "model": model,
             "prompt_version": PROMPT_VERSION,
+            "prompt_sha": prompt_sha(),
             "base_url": self.base_url,
             "answer": "logprobs" if logprobs else "text",
+            "decoding": {"temperature": 0, "max_tokens": max_tokens, "top_logprobs": top_logprobs if logprobs else None},
         }
         self.counters: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -644,6 +678,7 @@ class HFLogprobJudge:
         dtype: str | None = None,
         batch_size: int = 8,
     ) -> None:
+        path: str | None = None
         if isinstance(model, (str, Path)):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -660,7 +695,10 @@ class HFLogprobJudge:
         self.batch_size = batch_size
         self.answer_ids = (self._single_token(tokenizer, "A"), self._single_token(tokenizer, "B"))
         name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
-        self.identity = {"backend": "hf_logprob", "model": str(name), "prompt_version": PROMPT_VERSION}
+        # "model" is the name reports show; the cache key is the content beside it, so a judge
+        # retrained into the same path never answers from its predecessor's judgements
+        self.identity = {"backend": "hf_logprob", "model": str(name), "prompt_version": PROMPT_VERSION,
+                         "prompt_sha": prompt_sha(), **local_model_identity(self.model, tokenizer, path)}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad) if pad is not None else 0
 
@@ -717,6 +755,7 @@ class RewardModelJudge:
         batch_size: int = 16,
         format_fn: Callable[[str, str], str] | None = None,
     ) -> None:
+        path: str | None = None
         if isinstance(model, (str, Path)):
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -742,7 +781,10 @@ class RewardModelJudge:
         self.format_fn = format_fn
         name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         fmt = "chat" if format_fn is None else f"custom:{getattr(format_fn, '__qualname__', 'fn')}"
-        self.identity = {"backend": "reward_model", "model": str(name), "prompt_version": f"rm-{fmt}-v1"}
+        self.identity = {"backend": "reward_model", "model": str(name), "prompt_version": f"rm-{fmt}-v1",
+                         **local_model_identity(self.model, tokenizer, path)}
+        if format_fn is not None:
+            self.identity["format_sha"] = _callable_sha(format_fn)
         self._scores: dict[tuple[str, str], float] = {}
 
     def _ids(self, instruction: str, output: str) -> list[int]:

@@ -1,14 +1,16 @@
 """Head-to-head sweeps: a typed sweep spec, its Optuna storage and studies, search spaces, status.
 
     harness sweep sweeps/quickstart.yaml                    # validate, create the studies, run trials here
-    harness worker sweeps/quickstart.yaml --slots 2         # join the same sweep from another process/node
+    harness worker sweeps/quickstart.yaml --slots 2         # another worker on this host (SQLite: one host)
+    harness worker sweeps/qwen-ultrafeedback.yaml --devices 0,1   # on any node: its storage is ${SWEEP_DB}
     harness sweep status sweeps/quickstart.yaml             # per method: done / running / pruned / failed, best
 
 A sweep spec names a base run spec, the methods ("arms") to compare, and how to search
 each one.  Every arm gets its own Optuna study, ``<sweep name>/<arm>``, in one storage
-(a SQLite file in the sweep's output directory by default; a PostgreSQL URL or a
-``journal:`` file on a shared filesystem for many nodes).  One Optuna trial is one
-configuration; it trains once per seed (``seeds``) and its value is the mean of the
+(a SQLite file in the sweep's output directory by default, for workers of one host; a
+PostgreSQL URL, or a ``journal:`` file on a shared filesystem, for many nodes: see
+:mod:`harness.sweeps.storage`; ``storage: ${SWEEP_DB}`` takes the URL from the environment).
+One Optuna trial is one configuration; it trains once per seed (``seeds``) and its value is the mean of the
 objective over the seeds (the spread is kept in the trial's user attributes).
 
 Everything a sweep will run is validated here before any trial starts: unknown keys
@@ -51,7 +53,7 @@ from harness.core.config import (
     to_dict,
 )
 from harness.core.registry import did_you_mean
-from harness.sweeps.storage import StorageRef, parse_storage
+from harness.sweeps.storage import StorageRef, expand_env, parse_storage
 
 #: summary.json keys an objective may start with (the runner writes these)
 SUMMARY_ROOTS = (
@@ -62,8 +64,12 @@ SUMMARY_ROOTS = (
 #: run-spec keys a sweep sets itself; a search space or override may not touch them
 RESERVED_KEYS = ("method", "method.name", "seed", "name", "output_dir", "tags", "tracking.group", "tracking.job_type")
 
-ATTR_HEARTBEAT = "harness:heartbeat"
+#: a running trial's lease counter, advanced by its worker every ``execution.heartbeat_s``
+ATTR_LEASE = "harness:lease"
 ATTR_WORKER = "harness:worker"
+
+#: the derived trial timeout when the number of steps cannot be known before the data loads
+UNKNOWN_STEPS_TIMEOUT_S = 24 * 3600.0
 
 
 # --------------------------------------------------------------------------- spec
@@ -189,14 +195,21 @@ class ObjectiveSpec:
 class ExecutionSpec:
     """How trials run: heartbeats, retries, timeouts, devices."""
 
-    #: a worker records each running trial's heartbeat this often (seconds)
+    #: a worker advances each running trial's lease counter this often (seconds)
     heartbeat_s: float = 15.0
-    #: a running trial whose heartbeat is older than this is failed and retried elsewhere
+    #: a running trial whose lease counter has not advanced for this long, on the observing worker's
+    #: own clock, is failed and retried elsewhere (no two hosts' clocks are ever compared)
     grace_s: float = 90.0
-    #: how many times a trial lost with its worker is retried
+    #: how many times a trial lost with its worker, or timed out, is retried
     max_retries: int = 2
-    #: kill a trial process that runs longer than this (seconds); None: no limit
+    #: kill a trial process that runs longer than this (seconds), fail it as ``timeout`` and retry it;
+    #: None: derived from the spec (:func:`trial_timeout`); ``.inf``: no limit
     trial_timeout_s: float | None = None
+    #: the derived timeout's generous bound on one optimizer step (seconds)
+    step_timeout_s: float = 60.0
+    #: the derived timeout's allowance per run for everything but steps: loading (downloads
+    #: included), tokenising, the reference pass and evaluation (seconds)
+    run_overhead_s: float = 3600.0
     #: GPUs per trial; above 1 the trial is launched with ``accelerate launch``
     gpus_per_trial: int = 1
     #: how trial processes start: ``forkserver`` forks them from a process that imported torch & co.
@@ -212,6 +225,10 @@ class ExecutionSpec:
             raise ValueError(f"need 0 < heartbeat_s < grace_s, got heartbeat_s={self.heartbeat_s}, grace_s={self.grace_s}")
         if self.max_retries < 0 or self.gpus_per_trial < 1:
             raise ValueError("max_retries must be >= 0 and gpus_per_trial >= 1")
+        if self.trial_timeout_s is not None and not self.trial_timeout_s > 0:
+            raise ValueError(f"trial_timeout_s must be > 0 (.inf: no limit), got {self.trial_timeout_s}")
+        if not self.step_timeout_s > 0 or not self.run_overhead_s > 0:
+            raise ValueError("step_timeout_s and run_overhead_s must be > 0")
 
 
 @dataclass
@@ -338,6 +355,9 @@ def _load(path: str | Path | None, overrides: list[str] | None, raw: Mapping[str
     spec_raw = load_raw(path, raw, overrides)
     methods_raw = spec_raw.get("methods")
     spec = build(SweepSpec, {k: v for k, v in spec_raw.items() if k != "methods"}, "")
+    # ${VAR} in the storage URL comes from the environment (credentials stay out of spec files);
+    # spec.storage keeps the reference, the StorageRef the expanded URL
+    storage_text = expand_env(spec.storage) if spec.storage else spec.storage
     name = spec.name or (Path(path).stem if path is not None else None)
     if not name:
         raise ConfigError("name: a sweep needs a name (or load it from a file, whose stem is the default)")
@@ -407,7 +427,7 @@ def _load(path: str | Path | None, overrides: list[str] | None, raw: Mapping[str
         arms.append(Arm(label, method, fixed, space, budget, grid))
     out_dir = Path(spec.output_dir or Path("runs") / name).expanduser().absolute()
     sweep = Sweep(spec, name, Path(path) if path is not None else None, base, arms, seeds, out_dir,
-                  parse_storage(spec.storage, out_dir))
+                  parse_storage(storage_text, out_dir))
     if check_runs:
         for arm in arms:
             _check_arm(sweep, arm)
@@ -454,6 +474,36 @@ def summary_keys(sweep: Sweep, arm: Arm, number: int, seed_index: int) -> dict[s
     return {"sweep_name": sweep.name, "trial_number": number, "sweep_storage": sweep.storage.report_form,
             "study_name": sweep.study_name(arm), "sweep_objective": sweep.spec.objective.metric,
             "sweep_direction": sweep.spec.objective.direction, "sweep_arm": arm.label, "sweep_seed_index": seed_index}
+
+
+def trial_timeout(ex: ExecutionSpec, runs: list[Any]) -> tuple[float, str]:
+    """How long a trial of these run specs (one per seed) may run, and how that was decided.
+
+    ``execution.trial_timeout_s`` when set; else, per run, ``run_overhead_s`` plus the run's
+    optimizer steps times ``step_timeout_s``: steps are ``train.max_steps``, else
+    ``epochs x ceil(data.max_samples / (batch_size x grad_accum))``; a run whose size is unknown
+    before its data loads gets :data:`UNKNOWN_STEPS_TIMEOUT_S` instead.  A hung trial (a
+    deadlocked collective, a stuck download) is killed then, however alive its worker is."""
+    if ex.trial_timeout_s is not None:
+        return float(ex.trial_timeout_s), "execution.trial_timeout_s"
+    total = 0.0
+    unknown = 0
+    for spec in runs:
+        t = spec.train
+        steps = t.max_steps
+        if steps is None and spec.data.max_samples:
+            steps = t.epochs * math.ceil(spec.data.max_samples / max(t.batch_size * t.grad_accum, 1))
+        if steps is None:
+            unknown += 1
+            total += UNKNOWN_STEPS_TIMEOUT_S
+            continue
+        total += ex.run_overhead_s + steps * ex.step_timeout_s
+    how = (f"derived: per run {ex.run_overhead_s:.0f}s + steps x {ex.step_timeout_s:.0f}s "
+           "(execution.run_overhead_s, step_timeout_s; or set execution.trial_timeout_s)")
+    if unknown:
+        how += (f"; {UNKNOWN_STEPS_TIMEOUT_S / 3600:.0f} h for each of {unknown} run(s) whose steps are unknown "
+                "before the data loads (set train.max_steps or data.max_samples)")
+    return total, how
 
 
 def _probe_params(arm: Arm) -> list[dict[str, Any]]:
@@ -572,6 +622,9 @@ class ArmState:
     surplus: int = 0
     running: int = 0
     waiting: int = 0
+    #: failed trials whose retry was decided but never enqueued (their worker died in between);
+    #: a worker's reaper enqueues it after a grace period, so the arm is not finished yet
+    orphans: int = 0
 
     @property
     def free(self) -> int:
@@ -580,16 +633,31 @@ class ArmState:
 
     @property
     def finished(self) -> bool:
-        return self.free == 0 and self.running == 0 and self.waiting == 0
+        return self.free == 0 and self.running == 0 and self.waiting == 0 and self.orphans == 0
 
 
 def is_surplus(t: Any) -> bool:
     return bool(t.user_attrs.get("surplus"))
 
 
+def orphaned_retries(trials: list[Any]) -> list[Any]:
+    """Failed trials that want a retry which no trial holds (see :attr:`ArmState.orphans`)."""
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    return [t for t in trials if t.state.name == "FAIL" and t.user_attrs.get("retry_wanted")
+            and not is_surplus(t) and t.number not in retried]
+
+
+def duplicate_retry(trials: list[Any], trial: Any) -> bool:
+    """Whether an earlier trial already retries what ``trial`` retries (two reapers enqueued one
+    lost trial's retry): only the lowest-numbered retry of a trial runs."""
+    of = trial.user_attrs.get("retry_of")
+    return of is not None and any(t.user_attrs.get("retry_of") == of and t.number < trial.number and not is_surplus(t)
+                                  for t in trials)
+
+
 def arm_state(trials: list[Any], budget: int) -> ArmState:
     fresh = sorted(t.number for t in trials if "retry_of" not in t.user_attrs and not is_surplus(t))
-    st = ArmState(budget, fresh)
+    st = ArmState(budget, fresh, orphans=len(orphaned_retries(trials)))
     for t in trials:
         s = t.state.name
         if is_surplus(t):

@@ -6,7 +6,8 @@ Started by a sweep worker (:mod:`harness.sweeps.worker`), never by hand:
     python -m harness.sweeps.trial --job JOB.json  # a fresh interpreter (also under ``accelerate launch -m``)
 
 A job file holds the resolved raw run spec of each seed, the study and trial ids (for
-pruning reports) and where to write the result.  The result file says ``complete``
+pruning reports) and where to write the result; the storage URL, which may hold a password,
+comes through the environment (``HARNESS_SWEEP_STORAGE``), never the job file.  The result file says ``complete``
 (objective per seed, mean, spread), ``pruned``, ``fail`` (with the reason: an
 exception, a non-finite loss, out of memory) or ``interrupted``; the worker turns it
 into the trial's state.  A crash that leaves no result file (the OOM killer, a
@@ -78,9 +79,10 @@ class _Reporter:
 
             from harness.core.config import build
             from harness.sweeps.spec import PrunerSpec, make_pruner
-            from harness.sweeps.storage import StorageRef
+            from harness.sweeps.storage import STORAGE_ENV, StorageRef
 
-            storage = StorageRef(job["storage_kind"], job["storage"]).open()
+            # the URL comes from the worker through the environment: job files never hold credentials
+            storage = StorageRef(job["storage_kind"], os.environ[STORAGE_ENV]).open()
             pruner = make_pruner(build(PrunerSpec, p, "pruner"), job.get("max_steps"))
             study = optuna.load_study(study_name=job["study_name"], storage=storage, pruner=pruner)
             self.trial = optuna.trial.Trial(study, job["trial_id"])

@@ -15,15 +15,25 @@ training in about a second instead of paying the imports again; GPU trials start
 fresh interpreter (``execution.start``).  The worker turns the process's result (or its exit status) into
 the trial's state: complete, pruned, or failed with the reason.
 
-Heartbeats: a worker writes a timestamp on each of its running trials every
-``execution.heartbeat_s``; every worker also looks for running trials whose heartbeat
-is older than ``execution.grace_s`` (their worker was killed), fails them, and
-re-enqueues them so another worker runs them again.  This is done here, uniformly for
-every storage, because Optuna 5.0 has heartbeats only for RDB storages, not for
-journal files.  Marking a trial failed is atomic in every storage (RDB: a row lock;
-journal: the losing writer's update is rejected on replay), so exactly one worker
-enqueues its retry.  Trial processes die with their worker (a watchdog thread in each waits
-on the worker's pid).
+Leases: a worker advances a counter on each of its running trials every
+``execution.heartbeat_s``; every worker's :class:`Reaper` watches the running trials of
+others and declares one lost when its counter has not moved for ``execution.grace_s``,
+timed on the reaper's own monotonic clock.  No wall-clock time crosses hosts, so a worker
+whose clock is off by hours neither reaps a live trial nor keeps a dead one.  A lost trial
+whose runs all completed before its worker died is completed from their summaries (its
+value is kept, it never runs again); otherwise it is failed and re-enqueued (bounded by
+``execution.max_retries``).  This is done here, uniformly for every storage, because
+Optuna 5.0 has heartbeats only for RDB storages, not for journal files.  Marking a trial
+finished is atomic in every storage (RDB: a row lock; journal: the losing writer's update is
+rejected on replay), so exactly one worker enqueues its retry; should two retries of one
+trial ever exist, only the lowest-numbered runs (:func:`harness.sweeps.spec.duplicate_retry`).
+A worker that finds its own trial finished by someone else kills the trial's process.  Trial
+processes die with their worker (a watchdog thread in each waits on the worker's pid).
+
+Timeouts: a trial process that runs past its limit (``execution.trial_timeout_s``, else one
+derived from its steps: :func:`harness.sweeps.spec.trial_timeout`) is killed, and the trial
+failed as ``timeout`` and retried like a lost one: a hung trial under a live worker would
+otherwise hold its slot forever.
 
 Ctrl-C (or SIGTERM): running trial processes get SIGINT, their runs are marked
 ``interrupted``, the trials are failed as ``interrupted`` and re-enqueued, and the
@@ -46,21 +56,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.core.config import to_dict
+from harness.core.config import resolve, to_dict
 from harness.store.runs import Run, atomic_write_json
 from harness.sweeps.spec import (
-    ATTR_HEARTBEAT,
+    ATTR_LEASE,
     ATTR_WORKER,
     Arm,
     Sweep,
     arm_state,
+    duplicate_retry,
+    lookup_metric,
     make_sampler,
+    orphaned_retries,
     search_space_fn,
     summary_keys,
     trial_raw,
+    trial_timeout,
     within_budget,
 )
-from harness.sweeps.storage import enqueue_retry, ensure_studies, transition_lock
+from harness.sweeps.storage import STORAGE_ENV, enqueue_retry, ensure_studies, transition_lock
 
 #: runs the accelerate launcher so that it, too, dies with the worker (exec keeps the death signal)
 _GUARDED_EXEC = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGKILL); "
@@ -115,9 +129,19 @@ class TrialProcess:
         except subprocess.TimeoutExpired:
             return None
 
+    def exited(self) -> bool:
+        if self.mp is not None:
+            return self.mp.exitcode is not None
+        return self.popen is not None and self.popen.returncode is not None
+
     def signal(self, sig: int) -> None:
+        if self.exited():  # its pid may belong to another process by now
+            return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, sig)
+            if self.popen is not None:  # its own session: reach every process of it (accelerate's ranks)
+                os.killpg(self.pid, sig)
+            else:
+                os.kill(self.pid, sig)
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
@@ -129,7 +153,13 @@ class Running:
     trial_id: int
     number: int
     proc: TrialProcess | None = None
-    started: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+    #: the lease counter this worker last wrote (see the module docstring)
+    lease: int = 1
+    #: another worker finished this trial (it judged it lost): its process is killed
+    superseded: bool = False
+    #: this worker is recording the trial's end: no more lease writes
+    finishing: bool = False
 
 
 class Worker:
@@ -154,6 +184,7 @@ class Worker:
         self.errors: list[BaseException] = []
         self.ex = sweep.spec.execution
         self.workdir = sweep.output_dir / ".workers"
+        self.reaper = Reaper(sweep)
 
     def log(self, msg: str) -> None:
         with self.lock:
@@ -165,7 +196,8 @@ class Worker:
         """Work until done (returns the number of trials this worker ran) or Ctrl-C (re-raised)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         ensure_studies(self.sweep)
-        reap_stale(self.sweep, self.sweep.storage.open(), log=self.log)
+        # a first look: what runs now is judged lost only if its lease stands still from here on
+        self.reaper.reap(self.sweep.storage.open(), log=self.log)
         if any(self._forks(s) for s in self.slots):
             import multiprocessing
             from multiprocessing import forkserver
@@ -203,21 +235,38 @@ class Worker:
     # ------------------------------------------------------------------ heartbeats and reaping
 
     def _heartbeat_loop(self) -> None:
+        import optuna
+
         storage = self.sweep.storage.open()
-        last_reap = 0.0
         # beats go on while interrupted trials wind down, until every slot has finished
         while not self.done.wait(self.ex.heartbeat_s):
             with self.lock:
-                ids = list(self.running)
-            for tid in ids:
-                with contextlib.suppress(Exception):  # finished meanwhile
-                    storage.set_trial_system_attr(tid, ATTR_HEARTBEAT, time.time())
-            if time.time() - last_reap >= self.ex.heartbeat_s:
-                last_reap = time.time()
+                mine = [r for r in self.running.values() if not r.finishing]
+            for r in mine:
+                r.lease += 1
                 try:
-                    reap_stale(self.sweep, storage, exclude=set(ids), log=self.log)
-                except Exception as e:  # never let bookkeeping kill the heartbeat
-                    self.log(f"warning: reaping stale trials failed: {type(e).__name__}: {e}")
+                    storage.set_trial_system_attr(r.trial_id, ATTR_LEASE, r.lease)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    self._superseded(r)
+                except Exception as e:  # a storage hiccup: the next beat tries again
+                    self.log(f"warning: lease of trial #{r.number} not written: {type(e).__name__}: {e}")
+            try:
+                with self.lock:
+                    ids = set(self.running)
+                self.reaper.reap(storage, exclude=ids, log=self.log)
+            except Exception as e:  # never let bookkeeping kill the heartbeat
+                self.log(f"warning: reaping stale trials failed: {type(e).__name__}: {e}")
+
+    def _superseded(self, r: Running) -> None:
+        """Another worker finished our trial (it judged it lost): stop running it."""
+        with self.lock:
+            if r.finishing or r.superseded:
+                return
+            r.superseded = True
+        self.log(f"[#{r.number} of {r.study_name}] was finished by another worker (lease judged lost); "
+                 "stopping its process")
+        if r.proc is not None:
+            r.proc.kill()
 
     # ------------------------------------------------------------------ slots
 
@@ -264,7 +313,8 @@ class Worker:
             study = optuna.load_study(study_name=self.sweep.study_name(arm), storage=storage)
             trials = study.get_trials(deepcopy=False)
             st = arm_state(trials, arm.budget)
-            if any(t.state.name == "RUNNING" and _tid(t) not in mine for t in trials):
+            # a lost trial's retry not yet enqueued (an orphan) is work a reaper will hand out soon
+            if st.orphans or any(t.state.name == "RUNNING" and _tid(t) not in mine for t in trials):
                 others_running = True
             if st.waiting or st.free:
                 candidates.append((0 if st.waiting else 1, st.complete + st.pruned + st.failed + st.running, i))
@@ -283,11 +333,12 @@ class Worker:
         with transition_lock(self.sweep.storage):
             trial = study.ask()
             tid = _tid(trial)
-            storage.set_trial_system_attr(tid, ATTR_HEARTBEAT, time.time())
-            storage.set_trial_system_attr(tid, ATTR_WORKER, self.name)
             self.running[tid] = Running(name, tid, trial.number)
-            if "retry_of" not in trial.user_attrs and not within_budget(study.get_trials(deepcopy=False), trial.number,
-                                                                        arm.budget):
+            storage.set_trial_system_attr(tid, ATTR_LEASE, 1)
+            storage.set_trial_system_attr(tid, ATTR_WORKER, self.name)
+            trials = study.get_trials(deepcopy=False)
+            if "retry_of" not in trial.user_attrs and not within_budget(trials, trial.number, arm.budget) \
+                    or duplicate_retry(trials, trial):
                 trial.set_user_attr("surplus", True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 del self.running[tid]
@@ -313,7 +364,9 @@ class Worker:
 
     def _launch(self, slot: Slot, job_path: Path, log: Path) -> TrialProcess:
         g = self.ex.gpus_per_trial
-        env = {**slot.env, "PYTHONUNBUFFERED": "1", "HARNESS_WORKER_PID": str(os.getpid())}
+        # the real storage URL (it may hold a password) travels in the environment, never in the job file
+        env = {**slot.env, "PYTHONUNBUFFERED": "1", "HARNESS_WORKER_PID": str(os.getpid()),
+               STORAGE_ENV: self.sweep.storage.url}
         if g == 1 and self._forks(slot):
             import multiprocessing
 
@@ -330,7 +383,8 @@ class Worker:
             argv = [sys.executable, "-m", "harness.sweeps.trial", "--job", str(job_path)]
         with open(log, "ab") as fh:
             return TrialProcess(popen=subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh,
-                                                       stderr=subprocess.STDOUT, env={**os.environ, **env}))
+                                                       stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                                       start_new_session=True))
 
     def _run_trial(self, slot: Slot, storage: Any, arm: Arm, study: Any, trial: Any, params: dict[str, Any],
                    t_ask: float) -> None:
@@ -346,9 +400,11 @@ class Worker:
         runs = [trial_raw(sw, arm, params, number, seed, i) for i, seed in enumerate(sw.seeds)]
         run_dirs = [sw.run_dir(arm, number, seed) for seed in sw.seeds]
         max_steps = (runs[0].get("train") or {}).get("max_steps")
+        limit, limit_how = trial_timeout(self.ex, [resolve(r) for r in runs])
         job = {
             "sweep": sw.name, "arm": arm.label, "method": arm.method, "study_name": sw.study_name(arm),
-            "storage": sw.storage.url, "storage_kind": sw.storage.kind, "trial_id": tid, "trial_number": number,
+            "storage_kind": sw.storage.kind, "storage_display": sw.storage.display(), "trial_id": tid,
+            "trial_number": number,
             "runs": runs, "objective": to_dict(sw.spec.objective), "direction": sw.spec.objective.direction,
             "pruner": to_dict(sw.spec.pruner), "max_steps": max_steps, "tracking": self.ex.tracking,
             "log": str(log_path), "result": str(result_path),
@@ -361,7 +417,11 @@ class Worker:
         self.log(f"[{arm.label} #{number}]{retry} start on {devices}: {shown}")
         proc = self._launch(slot, job_path, log_path)
         t_handoff = time.time()
-        self.running[tid].proc = proc
+        started = time.monotonic()  # durations on this process's clock: immune to wall-clock steps
+        running = self.running[tid]
+        running.proc = proc
+        if running.superseded:  # judged lost while starting
+            proc.kill()
 
         timed_out = interrupted = False
         sigint_at: float | None = None
@@ -373,22 +433,25 @@ class Worker:
                 proc.kill()
             elif self.stop.is_set() and sigint_at is None:
                 interrupted = True
-                sigint_at = time.time()
+                sigint_at = time.monotonic()
                 proc.signal(signal.SIGINT)
-            elif sigint_at is not None and time.time() - sigint_at > 30:
+            elif sigint_at is not None and time.monotonic() - sigint_at > 30:
                 proc.kill()
-            if (self.ex.trial_timeout_s is not None and not timed_out
-                    and time.time() - t_handoff > self.ex.trial_timeout_s):
+            if not timed_out and time.monotonic() - started > limit:
                 timed_out = True
                 proc.kill()
         result: dict[str, Any] = {}
         if result_path.exists():
             with contextlib.suppress(ValueError):
                 result = json.loads(result_path.read_text())
+        if result.get("state") is None:
+            # killed after its runs completed (before it wrote the result): their values stand
+            result = result_from_runs(sw, run_dirs) or result
         state = result.get("state")
         if state is None:
             if timed_out:
-                reason = f"timed out after {self.ex.trial_timeout_s:.0f}s (execution.trial_timeout_s)"
+                reason = f"timed out after {limit:.0f}s ({limit_how})"
+                state = "timeout"
             elif rc < 0:
                 reason = f"trial process killed by {_signal_name(rc)}"
                 if rc == -signal.SIGKILL and not interrupted:
@@ -396,9 +459,8 @@ class Worker:
             else:
                 reason = f"trial process exited with status {rc}"
             tail = _tail(log_path)
-            result = {"state": "interrupted" if interrupted else "fail",
-                      "reason": reason + (f"; log: {tail}" if tail else "")}
-            state = result["state"]
+            state = state or ("interrupted" if interrupted else "fail")
+            result = {"state": state, "reason": reason + (f"; log: {tail}" if tail else "")}
         overhead = dict(result.get("overhead") or {})
         overhead["dispatch_s"] = t_handoff - t_ask
         overhead["worker_wall_s"] = time.time() - t_ask
@@ -407,20 +469,25 @@ class Worker:
             overhead["to_first_step_s"] += overhead["dispatch_s"]
         reason = result.get("reason", "")
         keep = {"overhead": overhead, "runs": [str(p) for p in run_dirs], "log": str(log_path)}
+        with self.lock:
+            running.finishing = True
         try:
             with transition_lock(sw.storage):
                 self._tell(study, trial, state, result, reason, keep)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
             if isinstance(e, ValueError) and "Cannot tell a" not in str(e):
                 raise
-            self.log(f"[{arm.label} #{number}] was failed by another worker meanwhile (heartbeat too late?); "
-                     f"its runs stay in {run_dirs[0].parent}, the retry counts")
+            self.log(f"[{arm.label} #{number}] was finished by another worker meanwhile (it judged the lease lost); "
+                     f"its runs stay in {run_dirs[0].parent}, that worker's verdict counts")
         finally:
             with self.lock:
                 self.running.pop(tid, None)
                 self.n_finished += 1
         _mark_runs(run_dirs, sw, arm, number, state, reason)
-        if state == "complete":
+        if state == "complete" and result.get("recovered"):
+            self.log(f"[{arm.label} #{number}] complete (its runs finished before its process died): "
+                     f"{sw.spec.objective.metric} = {result['value']:.4g}")
+        elif state == "complete":
             std = result.get("value_std") or 0.0
             spread = f" ± {std:.4g}" if len(sw.seeds) > 1 else ""
             self.log(f"[{arm.label} #{number}] complete: {sw.spec.objective.metric} = {result['value']:.4g}{spread}  "
@@ -438,6 +505,8 @@ class Worker:
         for k, v in keep.items():
             trial.set_user_attr(k, v)
         if state == "complete":
+            if result.get("recovered"):
+                trial.set_user_attr("recovered", result["recovered"])
             trial.set_user_attr("values", result["values"])
             trial.set_user_attr("value_std", result["value_std"])
             trial.set_user_attr("seeds", self.sweep.seeds)
@@ -451,6 +520,17 @@ class Worker:
             trial.set_user_attr("retry_reason", "interrupted")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             enqueue_retry(study, _frozen(study, trial.number))
+        elif state == "timeout":  # retried like a lost trial, within execution.max_retries
+            depth = int(trial.user_attrs.get("retry_depth", 0))
+            retry = depth < self.ex.max_retries
+            trial.set_user_attr("fail_reason", f"timeout: {reason}" + (
+                "; retried" if retry else f"; not retried after {depth} retries"))
+            if retry:
+                trial.set_user_attr("retry_wanted", True)
+                trial.set_user_attr("retry_reason", "timeout")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if retry:
+                enqueue_retry(study, _frozen(study, trial.number))
         else:
             trial.set_user_attr("fail_reason", reason or "unknown failure")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -496,51 +576,136 @@ def _mark_runs(run_dirs: list[Path], sweep: Sweep, arm: Arm, number: int, state:
                     run.set_status("failed", error=reason or f"trial {state}")
 
 
-def reap_stale(sweep: Sweep, storage: Any, exclude: set[int] = frozenset(),  # type: ignore[assignment]
-               log: Callable[[str], None] | None = None, now: float | None = None) -> list[tuple[str, int]]:
-    """Fail running trials whose worker stopped sending heartbeats; re-enqueue them (bounded retries)."""
-    import optuna
+def result_from_runs(sweep: Sweep, run_dirs: list[Path]) -> dict[str, Any] | None:
+    """A trial's result read back from its runs when every seed's run completed (its process or
+    worker died before reporting it), else None."""
+    import math
+    import statistics
 
-    now = time.time() if now is None else now
-    grace = sweep.spec.execution.grace_s
-    reaped = []
-    for arm in sweep.arms:
-        name = sweep.study_name(arm)
+    values: list[float] = []
+    for d in run_dirs:
+        run = Run(d)
         try:
-            study = optuna.load_study(study_name=name, storage=storage)
-        except KeyError:
-            continue
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            tid = _tid(t)
-            if tid in exclude:
+            if run.status().get("status") != "completed":
+                return None
+            v = lookup_metric(run.summary(), sweep.spec.objective.metric)
+        except (KeyError, ValueError, OSError):
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        values.append(float(v))
+    if not values:
+        return None
+    return {"state": "complete", "values": values, "value": sum(values) / len(values),
+            "value_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "recovered": "read from its completed runs: its process or worker died before reporting"}
+
+
+class Reaper:
+    """Finds trials whose worker is gone, without comparing clocks of different hosts.
+
+    Each call looks at every running trial of the sweep (but ``exclude``: the caller's own) and
+    remembers its lease counter and when, on this process's monotonic ``clock``, it last saw the
+    counter change.  A trial whose counter stood still for more than ``execution.grace_s`` is lost:
+    completed from its runs when they all finished, else failed and re-enqueued (within
+    ``execution.max_retries``).  A failed trial that wants a retry nobody enqueued (its worker died
+    between the two) gets one after the same grace.  Call :meth:`reap` periodically from one
+    long-lived object: a first sighting only starts the clock.
+    """
+
+    def __init__(self, sweep: Sweep, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sweep = sweep
+        self.clock = clock
+        self._leases: dict[tuple[str, int], tuple[Any, float]] = {}
+        self._orphans: dict[tuple[str, int], float] = {}
+
+    def reap(self, storage: Any, exclude: set[int] | frozenset[int] = frozenset(),
+             log: Callable[[str], None] | None = None) -> list[tuple[str, int]]:
+        """One look; returns the (arm, trial number) of the trials declared lost now."""
+        import optuna
+
+        now = self.clock()
+        grace = self.sweep.spec.execution.grace_s
+        reaped: list[tuple[str, int]] = []
+        running: set[tuple[str, int]] = set()
+        orphans: set[tuple[str, int]] = set()
+        for arm in self.sweep.arms:
+            name = self.sweep.study_name(arm)
+            try:
+                study = optuna.load_study(study_name=name, storage=storage)
+            except KeyError:
                 continue
-            beat = t.system_attrs.get(ATTR_HEARTBEAT)
-            if beat is None and t.datetime_start is not None:  # asked, but its worker died before a heartbeat
-                beat = t.datetime_start.timestamp()
-            if beat is None or now - float(beat) <= grace:
-                continue
-            who = t.system_attrs.get(ATTR_WORKER, "an unknown worker")
-            depth = int(t.user_attrs.get("retry_depth", 0))
-            retry = depth < sweep.spec.execution.max_retries
-            reason = (f"worker {who} stopped sending heartbeats ({now - float(beat):.0f}s > grace {grace:.0f}s; "
-                      f"killed or lost)" + ("; retried" if retry else f"; not retried after {depth} retries"))
-            with transition_lock(sweep.storage):
-                try:
+            trials = study.get_trials(deepcopy=False)
+            for t in trials:
+                if t.state.name != "RUNNING" or _tid(t) in exclude:
+                    continue
+                key = (name, _tid(t))
+                running.add(key)
+                lease = t.system_attrs.get(ATTR_LEASE)
+                seen = self._leases.get(key)
+                if seen is None or seen[0] != lease:
+                    self._leases[key] = (lease, now)
+                elif now - seen[1] > grace and self._expire(storage, study, arm, t, now - seen[1], log):
+                    reaped.append((arm.label, t.number))
+            for t in orphaned_retries(trials):
+                key = (name, _tid(t))
+                orphans.add(key)
+                first = self._orphans.setdefault(key, now)
+                if now - first > grace:
+                    with transition_lock(self.sweep.storage):
+                        fresh = study.get_trials(deepcopy=False)  # another reaper may have done it meanwhile
+                        if any(x.number == t.number for x in orphaned_retries(fresh)):
+                            enqueue_retry(study, t)
+                            if log:
+                                log(f"[{arm.label} #{t.number}] its retry was never enqueued (its worker died); "
+                                    "enqueued now")
+                    orphans.discard(key)
+        self._leases = {k: v for k, v in self._leases.items() if k in running}
+        self._orphans = {k: v for k, v in self._orphans.items() if k in orphans}
+        return reaped
+
+    def _expire(self, storage: Any, study: Any, arm: Arm, t: Any, still_s: float,
+                log: Callable[[str], None] | None) -> bool:
+        import optuna
+
+        sweep = self.sweep
+        tid = _tid(t)
+        runs = [Path(p) for p in t.user_attrs.get("runs", [])] or [sweep.run_dir(arm, t.number, s) for s in sweep.seeds]
+        who = t.system_attrs.get(ATTR_WORKER, "an unknown worker")
+        lost = f"worker {who} stopped advancing its lease ({still_s:.0f}s > grace {sweep.spec.execution.grace_s:.0f}s; " \
+               "killed or lost)"
+        result = result_from_runs(sweep, runs)
+        depth = int(t.user_attrs.get("retry_depth", 0))
+        retry = result is None and depth < sweep.spec.execution.max_retries
+        with transition_lock(sweep.storage):
+            try:
+                if result is not None:
+                    reason = f"{lost}; its runs had completed: value kept"
+                    for k, v in (("values", result["values"]), ("value_std", result["value_std"]),
+                                 ("seeds", sweep.seeds), ("runs", [str(p) for p in runs]),
+                                 ("recovered", reason)):
+                        storage.set_trial_user_attr(tid, k, v)
+                    won = storage.set_trial_state_values(tid, optuna.trial.TrialState.COMPLETE,
+                                                         values=[result["value"]])
+                else:
+                    reason = lost + ("; retried" if retry else f"; not retried after {depth} retries")
                     storage.set_trial_user_attr(tid, "fail_reason", reason)
                     if retry:
                         storage.set_trial_user_attr(tid, "retry_wanted", True)
                         storage.set_trial_user_attr(tid, "retry_reason", "lost worker")
                     won = storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
-                except Exception:  # another worker failed it first, or its owner finished it
-                    continue
-                if not won:
-                    continue
-                if retry:
-                    enqueue_retry(study, _frozen(study, t.number))
-            runs = [Path(p) for p in t.user_attrs.get("runs", [])] or [
-                sweep.run_dir(arm, t.number, s) for s in sweep.seeds]
+            except Exception:  # another worker finished it first, or its owner did
+                return False
+            if not won:
+                return False
+            if retry:
+                enqueue_retry(study, _frozen(study, t.number))
+        if result is None:
             _mark_runs(runs, sweep, arm, t.number, "fail", reason)
-            reaped.append((arm.label, t.number))
-            if log:
-                log(f"[{arm.label} #{t.number}] failed: {reason}")
-    return reaped
+        else:
+            for i, d in enumerate(runs):
+                with contextlib.suppress(Exception):
+                    Run(d).update_summary(**summary_keys(sweep, arm, t.number, i))
+        if log:
+            log(f"[{arm.label} #{t.number}] {'complete' if result is not None else 'failed'}: {reason}")
+        return True

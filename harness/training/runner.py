@@ -453,7 +453,9 @@ def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: A
     adapter = prep.adapter
     segs = SEGMENTS[adapter.data_kind]
     info: dict[str, Any] = {"hits": 0, "misses": 0}
-    fp = weights_fingerprint(prep.reference_path)
+    # the reference loads at the run's revision (a hub id's commit, not its name) with its remote code
+    fp = weights_fingerprint(prep.reference_path, revision=spec.model.revision,
+                             trust_remote_code=spec.model.trust_remote_code)
     # an adapter's frozen base is the reference even on resume: it is the policy with the
     # adapter disabled (peft_setup.reference_context), never a second copy
     adapted = peft_setup.is_adapter_model(model)
@@ -480,7 +482,10 @@ def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: A
         if not examples:
             out.append(None)
             continue
-        key: dict[str, Any] = {"v": LOGPS_VERSION, "weights": fp, "data": fingerprint(examples), "segments": list(segs), "precision": spec.train.precision}
+        # the token ids carry the data, tokenizer, chat template and lengths; the weights and the
+        # precision the rest (batch size only pads, which the attention mask hides)
+        key: dict[str, Any] = {"v": LOGPS_VERSION, "weights": fp, "data": fingerprint(examples),
+                               "segments": list(segs), "precision": spec.train.precision}
         if base_key is not None:
             key["base"] = base_key
         values, hit = reference_logps(
