@@ -239,6 +239,7 @@ class Selector:
     def validate(self) -> None:
         if not self.arm:
             raise ValueError("arm is required")
+        self.where = {str(m): build(Bounds, b, f"where.{m}") for m, b in self.where.items()}
 
 
 @dataclass
@@ -358,9 +359,8 @@ def _build_map(cls: type, raw: Any, where: str) -> dict[str, Any]:
 def _check_selector(sel: Selector, where: str) -> None:
     if sel.metric is not None:
         check_metric(sel.metric, f"{where}.metric")
-    for m, b in list(sel.where.items()):
-        check_metric(str(m), f"{where}.where")
-        sel.where[m] = build(Bounds, b, f"{where}.where.{m}")
+    for m in sel.where:
+        check_metric(m, f"{where}.where")
 
 
 def load_claims(path: str | Path) -> ClaimsFile:

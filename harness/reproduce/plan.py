@@ -191,6 +191,13 @@ def _check_selector(sweep: Sweep, sel: Selector, where: str) -> Arm:
 
 def check_claims(cf: ClaimsFile, exp_name: str, sweep: Sweep, claims: list[Claim]) -> None:
     """Each claim against the sweep that tests it: arms, grid keys, equal budgets of compared arms."""
+    for arm in sweep.arms:
+        # Optuna 5's GridSampler reads a "grid_id" that enqueued grid points never get once a single
+        # grid point is left unvisited, so a one-point grid fails its first trial (KeyError) in the
+        # sweep worker: refuse it here, before anything runs, until harness.sweeps handles it
+        if arm.grid is not None and len(arm.grid) == 1:
+            raise ConfigError(f"{cf.key}: experiment {exp_name}: arm {arm.label!r} has a one-point grid, which "
+                              "the grid sampler cannot run (KeyError 'grid_id'); give it two points")
     for c in claims:
         st = c.statistic
         assert st is not None

@@ -107,7 +107,8 @@ def claim_plot(paper: str, r: ClaimResult) -> Plot | None:
     assert st is not None and ag is not None
     if not math.isfinite(r.value):
         return None
-    fig, (left, right) = new_figure(11.0, 4.0, ncols=2)
+    fig, axes = new_figure(11.0, 4.0, ncols=2)
+    left, right = np.asarray(axes).ravel()
     cells = list(r.cells.values())
     if st.kind in ("difference", "value"):
         ys = np.arange(len(cells))

@@ -440,8 +440,11 @@ def _frontier(store: StoreData, st: Statistic, draw: Draw, objective: str | None
         xmin = max(min(fax[0], fbx[0]), 0.0) if st.anchor else max(fax[0], fbx[0])
         if xmax <= xmin:
             return ev
-        grid = np.linspace(xmin, xmax, 201)
-        ev.value = float(np.mean(front_at(fax, fay, grid) - front_at(fbx, fby, grid)))
+        # both fronts are piecewise linear: the trapezoid rule on the union of their breakpoints is exact
+        grid = np.unique(np.concatenate([[xmin, xmax], fax, fbx]))
+        grid = grid[(grid >= xmin) & (grid <= xmax)]
+        gap = front_at(fax, fay, grid) - front_at(fbx, fby, grid)
+        ev.value = float(np.trapezoid(gap, grid) / (xmax - xmin))
     return ev
 
 
