@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from harness.core.config import build
-from harness.reproduce.claims import Agreement, BootstrapSpec, Claim
+from harness.reproduce.claims import Agreement, BootstrapSpec, Claim, build_claim
 from harness.reproduce.stats import (
     AGREES,
     DISAGREES,
@@ -33,8 +33,8 @@ from tests.reproduce_store import StoreBuilder
 
 
 def claim(statistic: dict, agreement: dict | None = None, cid: str = "c") -> Claim:
-    return build(Claim, {"id": cid, "claim": "test", "source": "test", "experiment": "e", "statistic": statistic,
-                         "agreement": agreement or {"direction": "greater", "threshold": 0.0}})
+    return build_claim({"id": cid, "claim": "test", "source": "test", "experiment": "e", "statistic": statistic,
+                        "agreement": agreement or {"direction": "greater", "threshold": 0.0}})
 
 
 def value(store, c: Claim) -> float:

@@ -334,9 +334,9 @@ class ClaimsFile:
     #: experiment name -> Experiment (built by :func:`load_claims`)
     experiments: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
-    #: the paper's key (the file's stem), set by :func:`load_claims`
-    key: str = ""
-    path: Path | None = None
+    #: the paper's key (the file's stem) and the file, set by :func:`load_claims` (not keys of the file)
+    key: str = field(default="", init=False)
+    path: Path | None = field(default=None, init=False)
 
     def experiment(self, name: str) -> Experiment:
         return self.experiments[name]
@@ -346,6 +346,27 @@ class ClaimsFile:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def _prebuilt(cls: type, raw: Any, key: str, where: str) -> None:
+    """Build ``raw[key]`` as ``cls`` in place, so its errors name the key: an optional dataclass field
+    (``X | None``) is otherwise reported by the core loader as "expected X | null", without the cause."""
+    if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+        raw[key] = build(cls, raw[key], f"{where}.{key}")
+
+
+def build_claim(raw: Any, where: str = "claim") -> Claim:
+    """One claim from its mapping, every nested section's errors naming their key."""
+    if isinstance(raw, dict):
+        raw = dict(raw)
+        if isinstance(raw.get("statistic"), dict):
+            stat = dict(raw["statistic"])
+            for side in ("a", "b"):
+                _prebuilt(Selector, stat, side, f"{where}.statistic")
+            raw["statistic"] = stat
+        _prebuilt(Statistic, raw, "statistic", where)
+        _prebuilt(Agreement, raw, "agreement", where)
+    return build(Claim, raw, where)
 
 
 def _build_map(cls: type, raw: Any, where: str) -> dict[str, Any]:
@@ -374,8 +395,12 @@ def load_claims(path: str | Path) -> ClaimsFile:
 
 def _load(p: Path) -> ClaimsFile:
     raw = read_yaml(p)
-    if "key" in raw or "path" in raw:
-        raise ConfigError("'key' and 'path' come from the file's name and place, not its content")
+    if isinstance(raw.get("claims"), list):
+        raw["claims"] = [build_claim(c, f"claims[{i}]") for i, c in enumerate(raw["claims"])]
+    if isinstance(raw.get("experiments"), dict):
+        raw["experiments"] = {k: dict(v) if isinstance(v, dict) else v for k, v in raw["experiments"].items()}
+        for name, exp in raw["experiments"].items():
+            _prebuilt(PrepareSpec, exp, "prepare", f"experiments.{name}")
     cf = build(ClaimsFile, raw)
     cf.key, cf.path = p.stem, p
     if not all(c.isalnum() or c in "-_" for c in cf.key):
@@ -389,11 +414,6 @@ def _load(p: Path) -> ClaimsFile:
                 check_metric(str(src), f"{where}.metrics")
                 check_metric(str(dst), f"{where}.metrics.{src}")
             b.agreements = {str(k): build(Agreement, v, f"{where}.agreements.{k}") for k, v in b.agreements.items()}
-            users = {c.id for c in cf.claims if c.experiment == name}
-            for cid in b.agreements:
-                if cid not in users:
-                    raise ConfigError(f"{where}.agreements: no claim {cid!r} uses experiment {name!r}"
-                                      f"{did_you_mean(cid, sorted(users))}")
         for b in [*exp.budgets, *exp.unavailable]:
             if b not in BUDGETS:
                 raise ConfigError(f"experiments.{name}: unknown budget {b!r}{did_you_mean(b, list(BUDGETS))}; "
@@ -429,6 +449,13 @@ def _load(p: Path) -> ClaimsFile:
             sel = getattr(c.statistic, side)
             if sel is not None:
                 _check_selector(sel, f"{where}.statistic.{side}")
+    for name, exp in cf.experiments.items():
+        users = {c.id for c in cf.claims if c.experiment == name}
+        for bname, b in exp.budgets.items():
+            for cid in b.agreements:
+                if cid not in users:
+                    raise ConfigError(f"experiments.{name}.budgets.{bname}.agreements: no claim {cid!r} uses "
+                                      f"experiment {name!r}{did_you_mean(cid, sorted(users))}")
     return cf
 
 
