@@ -163,6 +163,10 @@ def test_trend_slope_against_log_x(tmp_path: Path):
                "a": {"arm": "dpo", "at": {"train.max_steps": 120}}})
     # y = log10(x): slope against ln x is 1/ln 10; checked: without log_x it is the slope against x
     assert value(store, c) == pytest.approx(1 / math.log(10))
+    # `max`: the largest value the arm ran, whatever the budget's grid (here 120)
+    c = claim({"kind": "trend", "metric": "kl_mean", "over": "method.beta", "log_x": True,
+               "a": {"arm": "dpo", "at": {"train.max_steps": "max"}}})
+    assert value(store, c) == pytest.approx(1 / math.log(10))
     c = claim({"kind": "trend", "metric": "kl_mean", "over": "method.beta", "a": {"arm": "dpo",
                "at": {"train.max_steps": 120}}})
     assert value(store, c) == pytest.approx(np.polyfit([1, 10, 100], [0, 1, 2], 1)[0])

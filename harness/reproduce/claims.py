@@ -227,7 +227,8 @@ class Selector:
     ``at`` (fixed grid values) and ``where`` (bounds on a configuration's mean metric)."""
 
     arm: str = ""
-    #: grid values the configuration must have (keys of the arm's search space)
+    #: grid values the configuration must have (keys of the arm's search space); ``max`` / ``min``: the
+    #: largest / smallest value the arm ran (``train.max_steps: max`` is the longest training at any budget)
     at: dict[str, Any] = field(default_factory=dict)
     #: metric -> {min, max}: only configurations whose mean metric lies within (e.g. kl_mean <= 5)
     where: dict[str, Any] = field(default_factory=dict)

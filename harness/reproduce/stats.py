@@ -356,8 +356,22 @@ def _best(cells: list[Cell], draw: Draw, objective: str | None, direction: str) 
     return max(finite, key=lambda s: (sign * s[0], -s[1]))[2]
 
 
+def resolve_at(cells: list[Cell], at: dict[str, Any]) -> dict[str, Any]:
+    """``at`` with ``max`` / ``min`` replaced by the largest / smallest value of that key among ``cells``
+    (e.g. ``train.max_steps: max``: the longest training, whatever the budget's grid)."""
+    out = dict(at)
+    for k, want in at.items():
+        if want in ("max", "min"):
+            vals = [_number(c.params.get(k)) for c in cells]
+            vals = [v for v in vals if math.isfinite(v)]
+            out[k] = (max(vals) if want == "max" else min(vals)) if vals else math.nan
+    return out
+
+
 def candidates(store: StoreData, sel: Selector, draw: Draw) -> list[Cell]:
-    cells = [c for c in store.arm_cells(sel.arm) if _matches(c.params, sel.at)]
+    arm = store.arm_cells(sel.arm)
+    at = resolve_at(arm, sel.at)
+    cells = [c for c in arm if _matches(c.params, at)]
     return [c for c in cells if all(b.holds(draw.value(c, m)) for m, b in sel.where.items())]
 
 
