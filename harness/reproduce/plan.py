@@ -37,7 +37,7 @@ from harness.sweeps.spec import Arm, Sweep, load_sweep
 
 DEFAULT_RUNS = Path("runs") / "reproduce"
 CALIBRATION = CLAIMS_DIR / "cpu-calibration.json"
-#: steps of a calibration run (a pipeline arm runs twice, at this and twice this)
+#: steps of a calibration run (a pipeline arm runs twice, at this and six times this)
 CALIBRATION_STEPS = 6
 
 
@@ -245,10 +245,12 @@ class Estimate:
 
 
 def estimate(planned: Planned, calibration: Mapping[str, Any]) -> Estimate:
-    """CPU seconds of the experiment's runs: per arm, per trial, per seed, ``fixed + per_step * steps``
-    from the arm's calibration entry (measured by --calibrate on a tiny real run)."""
+    """CPU seconds of the experiment's sweep, one trial at a time: per arm, trial and seed ``fixed +
+    per_step * steps`` from the arm's calibration entry (measured by --calibrate on short real runs),
+    plus the experiment's one-off cold-cache cost and the worker's imports."""
     entries = calibration.get("entries", {})
-    total, runs, missing = 0.0, 0, []
+    cold = entries.get(experiment_key(planned), {}).get("cold_s", 0.0)
+    total, runs, missing = float(cold) + float(calibration.get("imports_s", 0.0)), 0, []
     for arm in planned.sweep.arms:
         e = entries.get(calibration_key(planned.paper, planned.experiment, arm.label, planned.budget))
         n_seeds = len(planned.sweep.seeds)
@@ -282,42 +284,68 @@ def first_params(arm: Arm) -> dict[str, Any]:
 
 
 def calibrate(planned: Planned, scratch: Path, log: Any = print) -> dict[str, dict[str, Any]]:
-    """Measure each arm: one short real run (two for a pipeline, which records no train time of
-    its own) at the budget's settings with ``train.max_steps`` cut to :data:`CALIBRATION_STEPS`;
-    returns ``{key: {fixed_s, per_step_s, measured_steps, ...}}``."""
+    """Measure each arm at the budget's settings, ``train.max_steps`` cut to :data:`CALIBRATION_STEPS`:
+    one real run separates the fixed cost from the cost per step (a pipeline records no train time of
+    its own, so it runs twice, at 1x and 6x the steps, and the difference gives the step cost).
+
+    A warm-up run comes first and is measured apart: the first run of an experiment also pays what
+    later runs find in the caches (reference log-probs, tokenised data, the baseline's samples, a base
+    model built on first use), which a sweep pays once.  Returns ``{arm key: {fixed_s, per_step_s,
+    ...}, experiment key: {cold_s}}``."""
     from harness.core.config import resolve
     from harness.pipelines.run import run as execute
     from harness.sweeps.spec import trial_raw
 
-    out: dict[str, dict[str, Any]] = {}
     sw = planned.sweep
+    counter = iter(range(10**6))
+
+    def one(arm: Arm, params: dict[str, Any], steps: int) -> tuple[float, float | None]:
+        k = next(counter)
+        raw = trial_raw(sw, arm, {**params, **({"train.max_steps": steps} if "train.max_steps" in params else {})},
+                        900 + k, sw.seeds[0])
+        raw = merge_raw(raw, {"train.max_steps": steps, "output_dir": str(scratch / arm.label),
+                              "name": f"calib-{k}-{steps}", "tracking.mode": "disabled"})
+        raw.pop("tags", None)
+        s = execute(resolve(raw)).summary()
+        train = s.get("train_time_s")
+        return float(s.get("wall_time_s") or 0.0), float(train) if train is not None else None
+
+    out: dict[str, dict[str, Any]] = {}
+    first = sw.arms[0]
+    warm_wall, _ = one(first, first_params(first), CALIBRATION_STEPS)
+    log(f"  warm-up ({first.label}): {CALIBRATION_STEPS} steps, {warm_wall:.1f}s")
     for arm in sw.arms:
         params = first_params(arm)
         key = calibration_key(planned.paper, planned.experiment, arm.label, planned.budget)
-        walls: list[tuple[int, float, float | None]] = []
-        for k, steps in enumerate((CALIBRATION_STEPS, 2 * CALIBRATION_STEPS)):
-            raw = trial_raw(sw, arm, {**params, **({"train.max_steps": steps} if "train.max_steps" in params else {})},
-                            900 + k, sw.seeds[0])
-            raw = merge_raw(raw, {"train.max_steps": steps, "output_dir": str(scratch / arm.label),
-                                  "name": f"calib-{steps}", "tracking.mode": "disabled"})
-            raw.pop("tags", None)
-            run = execute(resolve(raw))
-            s = run.summary()
-            train = s.get("train_time_s")
-            walls.append((steps, float(s.get("wall_time_s") or 0.0), float(train) if train is not None else None))
-            log(f"  {key}: {steps} steps, {walls[-1][1]:.1f}s")
-            if train is not None:
-                break  # one run separates fixed cost from per-step cost
-        if walls[0][2] is not None:
-            steps, wall, train = walls[0]
-            per_step, fixed = train / steps, wall - train
+        w1, train = one(arm, params, CALIBRATION_STEPS)
+        log(f"  {key}: {CALIBRATION_STEPS} steps, {w1:.1f}s")
+        if train is not None:
+            per_step, fixed = train / CALIBRATION_STEPS, w1 - train
         else:
-            (s1, w1, _), (s2, w2, _) = walls
-            per_step = max((w2 - w1) / (s2 - s1), 0.0)
-            fixed = w1 - per_step * s1
-        out[key] = {"fixed_s": round(fixed, 3), "per_step_s": round(per_step, 5), "measured_steps": walls[0][0],
-                    "params": {k: v for k, v in params.items()}, "runs": len(walls)}
+            w2, _ = one(arm, params, 6 * CALIBRATION_STEPS)
+            log(f"  {key}: {6 * CALIBRATION_STEPS} steps, {w2:.1f}s")
+            per_step = max((w2 - w1) / (5 * CALIBRATION_STEPS), 0.0)
+            fixed = w1 - per_step * CALIBRATION_STEPS
+        out[key] = {"fixed_s": round(fixed, 3), "per_step_s": round(per_step, 5), "measured_steps": CALIBRATION_STEPS,
+                    "params": dict(params), "runs": 1 if train is not None else 2}
+        if arm is first:
+            out[experiment_key(planned)] = {"cold_s": round(max(warm_wall - w1, 0.0), 3)}
     return out
+
+
+def experiment_key(planned: Planned) -> str:
+    return f"{planned.paper}/{planned.experiment}@{planned.budget}"
+
+
+def import_seconds() -> float:
+    """Seconds a fresh interpreter takes to import what a sweep worker's fork server preloads."""
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import harness.sweeps.preload"], check=True, capture_output=True)
+    return round(time.perf_counter() - t0, 2)
 
 
 def save_calibration(entries: dict[str, dict[str, Any]], path: str | Path = CALIBRATION) -> Path:
@@ -325,11 +353,13 @@ def save_calibration(entries: dict[str, dict[str, Any]], path: str | Path = CALI
     data.setdefault("entries", {}).update(entries)
     data["machine"] = machine()
     data["measured_at"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    data["how"] = ("harness reproduce --calibrate: per arm one real run of the budget's first configuration "
-                   f"cut to {CALIBRATION_STEPS} steps (a pipeline: {CALIBRATION_STEPS} and "
-                   f"{2 * CALIBRATION_STEPS}); fixed_s = its wall time outside training (model and data set-up, "
-                   "reference pass, evaluation), per_step_s = training time per optimizer step. An estimate is "
-                   "sum over trials and seeds of fixed_s + per_step_s x steps, one trial at a time, plus the "
-                   "worker's imports (~10 s).")
+    data["imports_s"] = import_seconds()
+    data["how"] = ("harness reproduce --calibrate: per experiment a warm-up run (its extra time over the same run "
+                   "warm is cold_s, paid once per experiment), then per arm one real run of the budget's first "
+                   f"configuration cut to {CALIBRATION_STEPS} steps (a pipeline: {CALIBRATION_STEPS} and "
+                   f"{6 * CALIBRATION_STEPS}); fixed_s = its wall time outside training (set-up, evaluation), "
+                   "per_step_s = training time per optimizer step. An estimate is the sum over trials and seeds "
+                   "of fixed_s + per_step_s x steps, one trial at a time, plus cold_s and the worker's imports "
+                   "(imports_s). Measured on this machine under whatever else was running.")
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return Path(path)
