@@ -15,7 +15,7 @@ import yaml
 
 from harness.core.config import ConfigError
 from harness.reproduce.claims import CLAIMS_DIR, ROOT, claims_files, find_paper, for_budget, load_claims
-from harness.reproduce.plan import BudgetUnavailable, generated_raw, plan_experiment
+from harness.reproduce.plan import BudgetUnavailable, estimate, generated_raw, plan_experiment
 from harness.reproduce.prepare import relabel_pairs
 from harness.sweeps.spec import load_sweep
 
@@ -211,3 +211,20 @@ def test_every_claims_file_loads_and_its_specs_validate(path, toy_world):
             assert exp.budgets or exp.unavailable, f"{name}: no budget and no reason"
     for c in cf.active_claims():
         assert c.source and c.paper_numbers, f"{c.id}: cite the paper's figure/table and its numbers"
+
+
+def test_cpu_estimate_adds_up_the_declared_runs(tmp_path):
+    # dpo-vs-ppo-frontier at its quick budget: per arm 16 grid points (half at 40 steps, half at 120) x 2 seeds
+    cf = find_paper("dpo")
+    p = plan_experiment(cf, "frontier", "quick", tmp_path / "runs", write=False, check_runs=False)
+    cal = {"imports_s": 10.0, "entries": {
+        "dpo/frontier@quick": {"cold_s": 5.0},
+        "dpo/frontier/dpo@quick": {"fixed_s": 1.0, "per_step_s": 0.01},
+        "dpo/frontier/ppo@quick": {"fixed_s": 2.0, "per_step_s": 0.1}}}
+    e = estimate(p, cal)
+    dpo = 2 * 8 * ((1.0 + 0.01 * 40) + (1.0 + 0.01 * 120))
+    ppo = 2 * 8 * ((2.0 + 0.1 * 40) + (2.0 + 0.1 * 120))
+    assert e.runs == 64 and e.seconds == pytest.approx(10.0 + 5.0 + dpo + ppo) and not e.missing
+    del cal["entries"]["dpo/frontier/ppo@quick"]
+    e = estimate(p, cal)
+    assert e.seconds is None and e.missing == ["ppo"] and e.runs == 64

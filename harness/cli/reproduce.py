@@ -77,11 +77,12 @@ def _list(papers: dict[str, Any], runs: Path) -> None:
                     continue
                 b = exp.budgets[budget]
                 est = estimate(p, calibration)
+                runs_seeds = f"{est.runs} runs ({len(p.sweep.seeds)} seeds)"
                 if b.hardware == "gpu":
                     gh = f"{b.gpu_hours:g} GPU-h declared" if b.gpu_hours is not None else "GPU"
-                    cells[budget] = f"{est.runs} runs, {gh}" + (", network" if b.network else "")
+                    cells[budget] = f"{runs_seeds}, {gh}" + (", network" if b.network else "")
                 else:
-                    cells[budget] = f"{est.runs} runs, CPU {_minutes(est.seconds)}"
+                    cells[budget] = f"{runs_seeds}, CPU {_minutes(est.seconds)}"
             rows.append([key, c.id, c.claim, c.source, f"{c.statistic.kind}: {exp.spec}",
                          cells["tiny"], cells["quick"], cells["full"]])
         for (_, budget), p in plans.items():
