@@ -21,7 +21,7 @@ HARNESS = ROOT / "harness"
 
 #: sub-packages from the bottom up: each may import only itself and those before it
 LAYERS = ("core", "store", "data", "worlds", "modeling", "evaluation", "training", "pipelines", "sweeps", "reporting",
-          "cli")
+          "reproduce", "cli")
 
 
 def module_name(path: Path) -> str:

@@ -28,7 +28,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark ha
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
-EXTENSIONS = ("harness.cli.sweep", "harness.cli.eval", "harness.cli.report", "harness.cli.worlds", "harness.cli.spec")
+EXTENSIONS = ("harness.cli.sweep", "harness.cli.eval", "harness.cli.report", "harness.cli.worlds", "harness.cli.spec",
+              "harness.cli.reproduce")
 
 
 def fail(msg: str, code: int = 2) -> None:
