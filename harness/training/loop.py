@@ -234,6 +234,148 @@ def _to(g: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, to
     return None if g is None else {k: v.to(device) for k, v in g.items()}
 
 
+@dataclass
+class StepOutcome:
+    """One optimizer step's totals over every micro-batch and process."""
+
+    loss: float
+    metrics: dict[str, float]
+    tokens: int
+    grad_norm: float | None
+
+
+class _Loop:
+    """The state of one training loop; :func:`train` is its public entry.  Each method does one
+    job: set up the optimisation, run one optimizer step, record it (log, eval, checkpoint)."""
+
+    def __init__(self, adapter: MethodAdapter, hp: Any, accelerator: Any, cfg: LoopConfig, source: Any,
+                 run: Run, hooks: TrainHooks) -> None:
+        self.adapter, self.hp, self.acc, self.cfg, self.source, self.run, self.hooks = (
+            adapter, hp, accelerator, cfg, source, run, hooks)
+        self.token_level = bool(getattr(adapter, "token_level", False))
+        self.history: list[dict[str, Any]] = []
+        self.losses: list[float] = []
+        self.last_metrics: dict[str, float] = {}
+        self.eval_metrics: dict[str, float] = {}
+        self.tokens = 0
+        self.t_train = 0.0
+
+    def setup(self, model: Any, critic: Any, critic_lr: float | None) -> None:
+        """Optimizer over the policy (and critic) parameters, schedule, accelerate's wrapping."""
+        from transformers import get_scheduler
+
+        cfg = self.cfg
+        if cfg.gradient_checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "enable_input_require_grads"):
+                model.enable_input_require_grads()
+        self.trainable, self.total = count_params(model)
+        groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        if critic is not None:
+            groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "lr": critic_lr or cfg.lr})
+        optimizer = (torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd"
+                     else torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        scheduler = get_scheduler(
+            cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", optimizer,
+            num_warmup_steps=int(cfg.warmup_ratio * cfg.total_steps), num_training_steps=cfg.total_steps,
+        )
+        if critic is not None:
+            model, critic, optimizer, scheduler = self.acc.prepare(model, critic, optimizer, scheduler)
+        else:
+            model, optimizer, scheduler = self.acc.prepare(model, optimizer, scheduler)
+        model.train()
+        self.model, self.critic, self.optimizer, self.scheduler = model, critic, optimizer, scheduler
+        self.trained = [model] + ([critic] if critic is not None else [])
+        if hasattr(self.source, "bind"):
+            self.source.bind(self.acc.unwrap_model(model), critic)
+
+    def resume(self, checkpoint: Path) -> int:
+        """Optimizer, model(s), schedule and the source's state from a checkpoint; its step."""
+        self.acc.load_state(str(checkpoint))
+        src_state = checkpoint / f"source_state-{self.acc.process_index}.pt"
+        if src_state.exists():
+            self.source.load_state_dict(torch.load(src_state, weights_only=False))
+        return int(json.loads((checkpoint / "trainer_state.json").read_text())["step"])
+
+    def step(self, step: int, sb: StepBatches) -> StepOutcome:
+        """Forward, objective and backward over this process's micro-batches, then one update;
+        totals summed over processes (all of them stop together on a non-finite loss)."""
+        acc, device, P = self.acc, self.acc.device, self.acc.num_processes
+        stats = (step_statistics(self.adapter, self.hp, self.model, sb.batches, sb.given, acc)
+                 if hasattr(self.adapter, "step_statistics") else {})
+        step_loss = torch.zeros((), dtype=torch.float64)
+        sums: dict[str, torch.Tensor] = {}
+        n_seen = step_tokens = 0
+        for k, (batch, g) in enumerate(zip(sb.batches, sb.given)):
+            batch = batch.to(device)
+            given = _to(g, device)
+            if stats:
+                given = {**(given or {}), **stats}
+            ctx = contextlib.ExitStack()
+            if k < len(sb.batches) - 1:  # gradients are synchronised on the last micro-batch only
+                for m in self.trained:
+                    ctx.enter_context(acc.no_sync(m))
+            with ctx:
+                policy = forward_segments(self.model, batch, self.adapter.model_kind, tokens=self.token_level)
+                if self.critic is not None:
+                    policy["completion"].values = token_values(self.critic, batch)[0]
+                out = self.adapter.objective(self.hp, policy, given, sb.norm)
+                loss = out.loss
+                if sb.aux:
+                    nll = -forward_segments(self.model, sb.aux[k].to(device), "causal_lm")["completion"].logps.sum()
+                    loss = loss + sb.aux_coef * nll / max(sb.norm.tokens.get("aux", 1), 1)
+                acc.backward(loss * P)  # DDP averages gradients over processes
+            step_loss += loss.detach().double().cpu()
+            for name, v in out.metrics.items():
+                sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + v.detach().double().sum().cpu()
+            n_seen += batch.size
+            step_tokens += int(batch.attention_mask.sum())
+        packed = torch.stack([step_loss, torch.tensor(float(n_seen), dtype=torch.float64),
+                              torch.tensor(float(step_tokens), dtype=torch.float64), *[sums[k] for k in sorted(sums)]])
+        packed = _all_sum(packed, acc).double().cpu()
+        loss_value, n_all = float(packed[0]), float(packed[1])
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(f"loss is {loss_value} at step {step + 1}; lower train.lr or check the data")
+        params = [p for m in self.trained for p in m.parameters()]
+        grad_norm = acc.clip_grad_norm_(params, self.cfg.max_grad_norm) if self.cfg.max_grad_norm > 0 else None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepOutcome(loss_value, {k: float(v) / max(n_all, 1.0) for k, v in zip(sorted(sums), packed[3:])},
+                           int(packed[2]), float(grad_norm) if grad_norm is not None else None)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        if self.acc.is_main_process:
+            self.run.log_metrics(row)
+        if self.hooks.on_log is not None:
+            self.hooks.on_log(row)
+
+    def record(self, done: int, outcome: StepOutcome, sb: StepBatches, eval_examples: list[dict[str, Any]],
+               eval_reference: dict[str, torch.Tensor] | None, pad_id: int) -> None:
+        """Log the step; evaluate (and let a sweep prune) and checkpoint on their cadence."""
+        cfg = self.cfg
+        self.losses.append(outcome.loss)
+        self.last_metrics = {"loss": outcome.loss, **outcome.metrics}
+        if done % cfg.log_every == 0 or done == cfg.total_steps:
+            self._log({"step": done, **self.last_metrics, **sb.metrics, "lr": self.scheduler.get_last_lr()[0],
+                       "grad_norm": outcome.grad_norm, "tokens_per_s": self.tokens / max(self.t_train, 1e-9)})
+        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.total_steps):
+            # online methods have no fixed held-out data: their periodic signal is the rollout's reward
+            self.eval_metrics = (
+                evaluate_loss(self.adapter, self.hp, self.model, eval_examples, eval_reference, pad_id, cfg.batch_size,
+                              self.acc.device) if eval_examples else
+                {k.removeprefix("rollout/"): v for k, v in sb.metrics.items() if k.startswith("rollout/")})
+            self._log({"step": done, **{f"eval/{k}": v for k, v in self.eval_metrics.items()}})
+            if self.hooks.on_eval is not None:
+                self.hooks.on_eval(done, self.eval_metrics)
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.total_steps:
+            save_checkpoint(self.acc, self.run.path / "checkpoints" / f"step-{done}", done, self.source)
+
+
 def train(
     *,
     adapter: MethodAdapter,
@@ -256,65 +398,19 @@ def train(
     ``source`` is an :class:`OfflineSource` or an online rollout source with a ``bind(model,
     critic)`` method; ``critic`` (PPO's value model) is trained beside the policy in the same
     optimizer (its own learning rate ``critic_lr``)."""
-    from transformers import get_scheduler
-
     hooks = hooks or TrainHooks()
-    device = accelerator.device
-    P = accelerator.num_processes
-    token_level = bool(getattr(adapter, "token_level", False))
-
-    if cfg.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-    trainable, total = count_params(model)
-    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    if critic is not None:
-        groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "lr": critic_lr or cfg.lr})
-    optimizer = (torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "sgd"
-                 else torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
-    scheduler = get_scheduler(
-        cfg.schedule if cfg.schedule != "constant" else "constant_with_warmup", optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * cfg.total_steps), num_training_steps=cfg.total_steps,
-    )
-    if critic is not None:
-        model, critic, optimizer, scheduler = accelerator.prepare(model, critic, optimizer, scheduler)
-    else:
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    model.train()
-    if hasattr(source, "bind"):
-        source.bind(accelerator.unwrap_model(model), critic)
-    trained = [model] + ([critic] if critic is not None else [])
-
-    start_step = 0
-    history: list[dict[str, Any]] = []
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = json.loads((resume_from / "trainer_state.json").read_text())
-        start_step = int(state["step"])
-        src_state = resume_from / f"source_state-{accelerator.process_index}.pt"
-        if src_state.exists():
-            source.load_state_dict(torch.load(src_state, weights_only=False))
-
-    losses: list[float] = []
-    last_metrics: dict[str, float] = {}
-    eval_metrics: dict[str, float] = {}
-    tokens = 0
-    t_train = 0.0
-    stopped: str | None = None
-    done = start_step
+    loop = _Loop(adapter, hp, accelerator, cfg, source, run, hooks)
+    loop.setup(model, critic, critic_lr)
+    start = loop.resume(resume_from) if resume_from is not None else 0
+    done, stopped = start, None
     bar = None
     if cfg.progress and accelerator.is_main_process:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.total_steps, initial=start_step, desc=f"{adapter.name}", unit="step", dynamic_ncols=True,
+        bar = tqdm(total=cfg.total_steps, initial=start, desc=f"{adapter.name}", unit="step", dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 10.0)
-
-    for step in range(start_step, cfg.total_steps):
-        if step == start_step and hooks.on_first_step is not None:
+    for step in range(start, cfg.total_steps):
+        if step == start and hooks.on_first_step is not None:
             hooks.on_first_step()
         t0 = time.perf_counter()
         try:
@@ -322,91 +418,22 @@ def train(
         except StopTraining as e:
             stopped = str(e)
             break
-        stats = (step_statistics(adapter, hp, model, sb.batches, sb.given, accelerator)
-                 if hasattr(adapter, "step_statistics") else {})
-        step_loss = torch.zeros((), dtype=torch.float64)
-        sums: dict[str, torch.Tensor] = {}
-        n_seen = 0
-        step_tokens = 0
-        for k, (batch, g) in enumerate(zip(sb.batches, sb.given)):
-            batch = batch.to(device)
-            given = _to(g, device)
-            if stats:
-                given = {**(given or {}), **stats}
-            sync = k == len(sb.batches) - 1
-            ctx = contextlib.ExitStack()
-            if not sync:
-                for m in trained:
-                    ctx.enter_context(accelerator.no_sync(m))
-            with ctx:
-                policy = forward_segments(model, batch, adapter.model_kind, tokens=token_level)
-                if critic is not None:
-                    policy["completion"].values = token_values(critic, batch)[0]
-                out = adapter.objective(hp, policy, given, sb.norm)
-                loss = out.loss
-                if sb.aux:
-                    aux = sb.aux[k].to(device)
-                    nll = -forward_segments(model, aux, "causal_lm")["completion"].logps.sum()
-                    loss = loss + sb.aux_coef * nll / max(sb.norm.tokens.get("aux", 1), 1)
-                accelerator.backward(loss * P)  # DDP averages gradients over processes
-            step_loss += loss.detach().double().cpu()
-            for name, v in out.metrics.items():
-                sums[name] = sums.get(name, torch.zeros((), dtype=torch.float64)) + v.detach().double().sum().cpu()
-            n_seen += batch.size
-            step_tokens += int(batch.attention_mask.sum())
-        # every process reports the step's true totals, and all of them stop on a non-finite loss
-        packed = torch.stack([step_loss, torch.tensor(float(n_seen), dtype=torch.float64),
-                              torch.tensor(float(step_tokens), dtype=torch.float64), *[sums[k] for k in sorted(sums)]])
-        packed = _all_sum(packed, accelerator).double().cpu()
-        loss_value, n_all, tokens_all = float(packed[0]), float(packed[1]), int(packed[2])
-        metric_values = {k: float(v) / max(n_all, 1.0) for k, v in zip(sorted(sums), packed[3:])}
-        if not math.isfinite(loss_value):
-            raise NonFiniteLoss(f"loss is {loss_value} at step {step + 1}; lower train.lr or check the data")
-        params = [p for m in trained for p in m.parameters()]
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        t_train += time.perf_counter() - t0 - sb.outside_s
-        tokens += tokens_all
-        losses.append(loss_value)
-        last_metrics = {"loss": loss_value, **metric_values}
+        outcome = loop.step(step, sb)
+        loop.t_train += time.perf_counter() - t0 - sb.outside_s
+        loop.tokens += outcome.tokens
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.total_steps:
-            row = {
-                "step": done, **last_metrics, **sb.metrics, "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens_per_s": tokens / max(t_train, 1e-9),
-            }
-            history.append(row)
-            if accelerator.is_main_process:
-                run.log_metrics(row)
-            if hooks.on_log is not None:
-                hooks.on_log(row)
+        loop.record(done, outcome, sb, eval_examples, eval_reference, pad_id)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens / max(t_train, 1e-9):,.0f}", refresh=False)
-        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.total_steps):
-            eval_metrics = (evaluate_loss(adapter, hp, model, eval_examples, eval_reference, pad_id, cfg.batch_size,
-                                          device) if eval_examples else
-                            {k.removeprefix("rollout/"): v for k, v in sb.metrics.items() if k.startswith("rollout/")})
-            row = {"step": done, **{f"eval/{k}": v for k, v in eval_metrics.items()}}
-            history.append(row)
-            if accelerator.is_main_process:
-                run.log_metrics(row)
-            if hooks.on_log is not None:
-                hooks.on_log(row)
-            if hooks.on_eval is not None:
-                hooks.on_eval(done, eval_metrics)
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.total_steps:
-            save_checkpoint(accelerator, run.path / "checkpoints" / f"step-{done}", done, source)
+            bar.set_postfix(loss=f"{outcome.loss:.4f}", tok_s=f"{loop.tokens / max(loop.t_train, 1e-9):,.0f}",
+                            refresh=False)
     if bar is not None:
         bar.close()
     return TrainResult(
-        steps=done, losses=losses, final_metrics=last_metrics, eval_metrics=eval_metrics,
-        train_time_s=t_train, tokens=tokens, tokens_per_s=tokens / max(t_train, 1e-9),
-        peak_memory_mb=peak_memory_mb(device), trainable_params=trainable, total_params=total,
-        history=history, stopped_early=stopped,
+        steps=done, losses=loop.losses, final_metrics=loop.last_metrics, eval_metrics=loop.eval_metrics,
+        train_time_s=loop.t_train, tokens=loop.tokens, tokens_per_s=loop.tokens / max(loop.t_train, 1e-9),
+        peak_memory_mb=peak_memory_mb(accelerator.device), trainable_params=loop.trainable, total_params=loop.total,
+        history=loop.history, stopped_early=stopped,
     )
 
 
