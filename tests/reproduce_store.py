@@ -1,6 +1,6 @@
 """Synthetic sweep stores with values chosen by the test, for the statistics of ``harness reproduce``.
 
-    from tests.reproduce_store import StoreBuilder   # used by tests/test_reproduce_stats.py
+    from reproduce_store import StoreBuilder   # used by tests/test_reproduce_stats.py
 
 Runs are laid out and tagged the way a sweep writes them (``<root>/<arm>/trial-NNNN-seedS/`` with a
 real resolved spec from :func:`harness.core.config.load_spec`, ``status.json``, a summary with the

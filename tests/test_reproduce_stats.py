@@ -29,7 +29,7 @@ from harness.reproduce.stats import (
     load_store,
     verdict,
 )
-from tests.reproduce_store import StoreBuilder
+from reproduce_store import StoreBuilder
 
 
 def claim(statistic: dict, agreement: dict | None = None, cid: str = "c") -> Claim:
