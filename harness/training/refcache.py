@@ -1,6 +1,15 @@
 """Reference log-probs, computed once per (reference weights, tokenised data, lengths,
 precision) and cached on disk, so no reference model is held or run during training and
-later runs / sweep trials sharing them skip the pass."""
+later runs / sweep trials sharing them skip the pass.
+
+    harness run method=dpo        # harness.training.runner.compute_references calls this module
+
+The pass goes through ``harness.modeling.forward.forward_segments`` exactly as the training step
+does (same log-prob path and packing rule, see that module), so reference and policy values are
+computed alike.  Examples are batched in order of length: the pass is forward-only and its
+per-sequence results do not depend on the company a sequence keeps, so batching similar lengths
+together only removes padding work.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +33,12 @@ def compute_reference_logps(
     was_training = model.training
     model.eval()
     out = {s: torch.zeros(len(examples), dtype=torch.float32) for s in segments}
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
+    # longest first: the first batch shows the peak memory at once, and rows of one batch
+    # have similar lengths (ties keep data order, so the pass is deterministic)
+    order = sorted(range(len(examples)),
+                   key=lambda i: (-max(len(examples[i]["segments"][s]["input_ids"]) for s in segments), i))
+    for i in range(0, len(order), batch_size):
+        chunk = [examples[j] for j in order[i:i + batch_size]]
         batch = collate(chunk, pad_id, segments).to(device)
         with autocast if autocast is not None else contextlib.nullcontext():
             res = forward_segments(model, batch, "causal_lm")
