@@ -276,12 +276,15 @@ def worker_core(job: dict[str, Any]) -> dict[str, Any]:
     from harness.training import runner
 
     mem = PeakMemory()
-    mem.reset()
+    marks: dict[str, Any] = {"rss_start_mb": mem.reset()}
     clock = Clock()
-    marks: dict[str, Any] = {}
     steps: list[tuple[int, float, float]] = []
     hooks, restore = _instrument_core(mem, marks, steps, clock)
-    spec = load_spec(None, _core_overrides(job, job["beta"], True, job["label"]))
+    if job.get("forward"):  # scripts/gpu_check.py: the log-prob path / packing to measure
+        from harness.modeling.forward import ForwardOptions, set_defaults
+
+        set_defaults(ForwardOptions(**job["forward"]))
+    spec = load_spec(None, _core_overrides(job, job["beta"], True, job["label"]) + list(job.get("overrides", [])))
     t0 = time.perf_counter()
     run = runner.execute(spec, hooks=hooks, tracking="disabled")
     wall = time.perf_counter() - t0
@@ -295,6 +298,7 @@ def worker_core(job: dict[str, Any]) -> dict[str, Any]:
         "reference_cache": summary["reference_cache"], "core_tokens_per_s": summary["tokens_per_s"],
         "execute_wall_s": wall, "threads": torch.get_num_threads(), "memory_resettable": mem.resettable,
         "cuda": mem.cuda, "total_params": summary["total_params"], "setup_peak_mb": marks["setup_peak_mb"],
+        "rss_start_mb": marks["rss_start_mb"],
         **{k: marks[k] for k in ("setup_wall_s", "setup_cpu_s", "e2e_wall_s", "e2e_cpu_s")},
         "loop_cpu_s": marks["e2e_cpu_s"] - marks["setup_cpu_s"],
     }
@@ -308,10 +312,9 @@ def worker_trl(job: dict[str, Any]) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
     mem = PeakMemory()
-    mem.reset()
+    marks: dict[str, Any] = {"rss_start_mb": mem.reset()}
     clock = Clock()
     precompute = bool(job.get("precompute"))
-    marks: dict[str, Any] = {}
     steps: list[tuple[int, float, float]] = []
     rows = [json.loads(line) for line in Path(job["data"]).read_text().splitlines() if line.strip()]
     # conversational rows: TRL then renders prompts with the chat template exactly as the harness does
@@ -366,6 +369,7 @@ def worker_trl(job: dict[str, Any]) -> dict[str, Any]:
         "rss_before_loop_mb": marks["rss_before_loop_mb"], "rss_after_load_mb": marks["rss_after_load_mb"],
         "setup_peak_mb": marks["setup_peak_mb"], "train_call_wall_s": wall, "mismatched_sequences": mismatched,
         "threads": torch.get_num_threads(), "memory_resettable": mem.resettable, "cuda": mem.cuda,
+        "rss_start_mb": marks["rss_start_mb"],
         **{k: marks[k] for k in ("setup_wall_s", "setup_cpu_s", "e2e_wall_s", "e2e_cpu_s")},
         "loop_cpu_s": marks["e2e_cpu_s"] - marks["setup_cpu_s"],
     }

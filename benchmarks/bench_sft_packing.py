@@ -90,10 +90,13 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     load_methods()
     set_defaults(ForwardOptions(packing=job["packing"]))
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=job["vocab"], hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-                      tie_word_embeddings=True, pad_token_id=0)
-    model = LlamaForCausalLM(cfg)
+    if job.get("model_dir"):  # scripts/gpu_check.py: a model built elsewhere
+        model = LlamaForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32)
+    else:
+        cfg = LlamaConfig(vocab_size=job["vocab"], hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+                          tie_word_embeddings=True, pad_token_id=0)
+        model = LlamaForCausalLM(cfg)
     examples = json.loads(Path(job["data"]).read_text())
     spec = load_spec(None, ["method=sft", f"train.precision={job['precision']}", "tracking.mode=disabled"])
     accelerator = make_accelerator(spec)
@@ -105,13 +108,18 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     marks: dict[str, float] = {}
     hooks = TrainHooks(on_first_step=lambda: marks.update(t=time.perf_counter(), c=time.process_time()))
     run = Run.create(job["runs"], job["label"], prefix="sft")
+    model.to(accelerator.device)
+    cuda = accelerator.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     result = train(adapter=METHODS.get("sft"), hp=METHODS.get("sft").config_cls(), model=model,
                    accelerator=accelerator, cfg=loop, train_examples=examples, eval_examples=[], pad_id=0,
                    reference=None, eval_reference=None, run=run, hooks=hooks)
     wall, cpu = time.perf_counter() - marks["t"], time.process_time() - marks["c"]
     real = sum(len(e["segments"]["completion"]["input_ids"]) for e in examples[:steps * job["batch"]])
     return {"packing": job["packing"], "losses": result.losses, "tokens": real, "loop_s": wall, "loop_cpu_s": cpu,
-            "tokens_per_s": real / wall, "tokens_per_cpu_s": real / cpu, "threads": torch.get_num_threads()}
+            "tokens_per_s": real / wall, "tokens_per_cpu_s": real / cpu, "threads": torch.get_num_threads(),
+            "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
 
 # --------------------------------------------------------------------------- driver

@@ -111,6 +111,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     # the runner's set-up up to the first step that none of the timed functions covers
     phases["other set-up"] = max(setup - sum(spent.values()), 0.0)
     phases.update(parts)
+    # evaluation work outside its timed parts (planning, writing samples)
+    phases["eval: untimed rest"] = max(eval_total - sum(parts.values()), 0.0)
     # between the last step and evaluation: the loop's last bookkeeping and saving
     phases["save"] = max(float(s["teardown_time_s"]) - eval_total, 0.0)
     phases["other"] = max(execute_s - sum(phases.values()), 0.0)
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--code", type=Path, default=ROOT, help="checkout whose harness is measured (default: this one)")
     ap.add_argument("--methods", default="dpo,ipo,simpo,orpo,kto", help="quickstart methods to run, one trial each")
     ap.add_argument("--steps", type=int, default=None, help="override train.max_steps (default: the quickstart's)")
+    ap.add_argument("--quick", action="store_true", help="smoke check: dpo and kto, 30 steps")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     load0 = os.getloadavg()
     print(f"Sweep overhead: quickstart trials of {args.code}; {os.cpu_count()} CPUs, load average {load0[0]:.1f} "
           f"(other processes share the CPU: seconds move with it, shares less)")
+    if args.quick:
+        args.methods, args.steps = "dpo,kto", args.steps or 30
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         trials = run_trials(args.code.resolve(), methods, args.steps, Path(tmp))
