@@ -126,9 +126,13 @@ def qlora_check(job: dict[str, Any]) -> dict[str, Any]:
     err = (got - want).abs().max().item() / max(want.abs().max().item(), 1e-6)
     if err > 2e-2:
         problems.append(f"4-bit matmul disagrees with the dequantised weight (rel err {err:.3g})")
+    ids = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(0)).to(layer.weight.device)
+    # bitsandbytes may re-lay a 4-bit weight out in place on its first use (its CPU kernels do):
+    # the snapshot of the frozen base is taken after one forward, before any optimizer step
+    with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        model(input_ids=ids, use_cache=False)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad and p.numel() < 2**22}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    ids = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(0)).to(layer.weight.device)
     losses = []
     for _ in range(4):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
@@ -168,7 +172,7 @@ def spawn_qlora_check(job: dict[str, Any], work: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="directory for gpu_check.json and gpu_check.md")
+    ap.add_argument("--out", type=Path, help="directory for gpu_check.json and gpu_check.md (required)")
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps, CPU allowed: checks the script only")
     ap.add_argument("--pairs", type=int, default=None, help="DPO pairs per run (default 64; smoke 16)")
     ap.add_argument("--max-length", type=int, default=None, help="DPO sequence length (default 1024; smoke 128)")
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         job = json.loads(args.qlora_worker.read_text())
         Path(job["result"]).write_text(json.dumps(qlora_check(job)))
         return 0
+    if args.out is None:
+        ap.error("--out is required")
 
     import bench_dpo
     import bench_sft_packing
