@@ -238,3 +238,31 @@ def test_grad_accumulation_2x4_equals_1x8_with_packing(run_spec):
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(wa[k], wc[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["dpo", "sft", "kto"])
+def test_accumulated_gradients_with_packing_equal_one_big_batch(method):
+    """The gradient itself (not weights after Adam, which hides a constant scale): 2 packed
+    micro-batches of 4 with the step's Normalizer == 1 packed batch of 8 == 1 padded plain batch."""
+    adapter = METHODS.get(method)
+    segs = SEGMENTS[adapter.data_kind]
+    model = tiny_llama()
+    examples = examples_for(method, seed=5, n=8)
+    full = collate(examples, 0, segs)
+    norm = Normalizer(sequences=8, tokens={s: full.n_tokens(s) for s in segs})
+    g = torch.Generator().manual_seed(2)
+    reference = {s: -torch.rand(8, generator=g) * 50 for s in segs} if adapter.needs_reference else None
+    hp = adapter.config_cls()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grad(micro, options):
+        model.zero_grad(set_to_none=True)
+        for batch in micro:
+            ref = None if reference is None else {s: reference[s][batch.idx] for s in segs}
+            adapter.objective(hp, forward_segments(model, batch, "causal_lm", options=options), ref, norm).loss.backward()
+        return [p.grad.detach().clone() for p in params]
+
+    halves = [collate(examples[:4], 0, segs), collate(examples[4:], 0, segs)]
+    want = grad([full], ForwardOptions("plain", "off"))
+    for got in (grad(halves, ForwardOptions("chunked", "on")), grad([full], ForwardOptions("chunked", "on"))):
+        assert max(err(a, b) for a, b in zip(got, want)) < TOL
