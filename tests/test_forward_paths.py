@@ -266,3 +266,27 @@ def test_accumulated_gradients_with_packing_equal_one_big_batch(method):
     want = grad([full], ForwardOptions("plain", "off"))
     for got in (grad(halves, ForwardOptions("chunked", "on")), grad([full], ForwardOptions("chunked", "on"))):
         assert max(err(a, b) for a, b in zip(got, want)) < TOL
+
+
+def test_probe_and_reference_pass_leave_quantised_weights_alone(run_spec):
+    """bitsandbytes re-packs a 4-bit weight in place (scales rounded to bf16) on its first eval-mode
+    forward without gradients on AVX512-BF16 CPUs; the packing probe and the reference pass are
+    such forwards and must not change the weights a QLoRA run then trains on."""
+    import bitsandbytes as bnb
+
+    from harness.modeling.packing import isolation_probe
+    from harness.training import runner
+    from harness.training.refcache import compute_reference_logps
+
+    spec = run_spec("method=dpo", "peft=qlora")
+    prep = runner.prepare(spec)
+    model = runner.load_model(prep.model_path, spec, "causal_lm", prep.tokenizer.pad_token_id)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    before = [(m.weight.data.clone(), m.weight.quant_state.absmax.clone()) for m in layers]
+    assert isolation_probe(model, "position_ids")
+    compute_reference_logps(model, prep.train_examples[:8], ("chosen", "rejected"), prep.tokenizer.pad_token_id, 4,
+                            None, torch.device("cpu"))
+    for m, (w, absmax) in zip(layers, before):
+        assert not getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+        assert torch.equal(m.weight.data, w) and torch.equal(m.weight.quant_state.absmax, absmax)
+    assert model.training  # modes restored

@@ -312,6 +312,26 @@ def head_compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtyp
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """``model.eval()`` for the block (dropout off), every module's mode restored afterwards --
+    except that bitsandbytes' quantised layers stay in training mode: on CPUs with AVX512-BF16,
+    bitsandbytes 0.50 re-packs a 4-bit weight IN PLACE on its first eval-mode forward without
+    gradients, rounding its scales to bf16, and every later forward (training included) uses the
+    re-packed weight.  A forward-only pass (a probe, the reference pass) must not change the
+    weights the run trains on; in training mode these layers compute exactly as in training."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    for m in model.modules():
+        if type(m).__module__.startswith("bitsandbytes"):
+            m.training = True
+    try:
+        yield
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
 def _passthrough(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     return x
 

@@ -58,6 +58,7 @@ from harness.modeling.logprobs import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_CHUNK_VOCAB,
     completion_token_logps,
+    eval_mode,
     token_logps,
     unwrap_model,
 )
@@ -295,25 +296,26 @@ def isolation_probe(model: Any, mode: str) -> bool:
     B's logits must not move when A's tokens change, and must equal B run alone (which also
     checks that positions restart).  Masked-out keys contribute exact zeros, so isolated outputs
     are equal up to kernel rounding; leakage moves them by orders of magnitude more.  Runs in eval
-    mode (dropout, LoRA dropout off) and restores each module's mode."""
+    mode (dropout, LoRA dropout off; see :func:`harness.modeling.logprobs.eval_mode` for quantised
+    layers, which a probe must not alter) and restores each module's mode."""
     vocab = unwrap_model(model).get_input_embeddings().weight.shape[0]
     dev = unwrap_model(model).get_input_embeddings().weight.device
     a1, a2, b = [[(k * 7 + j) % vocab for j in range(3)] for k in (1, 2, 3)]
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        outs = []
-        for a in (a1, a2):
-            packed = pack_sequences([{"input_ids": a, "prompt_len": 0}, {"input_ids": b, "prompt_len": 0}]).to(dev)
-            attn, kw = _forward_kwargs(model, packed, mode)
-            outs.append(_logits(model(input_ids=packed.input_ids, attention_mask=attn, use_cache=False, **kw))[0, 3:].float())
-        alone = _logits(model(input_ids=torch.tensor([b], device=dev), attention_mask=torch.ones(1, 3, dtype=torch.long, device=dev),
-                              use_cache=False))[0].float()
+        with eval_mode(model):
+            return _probe(model, mode, a1, a2, b, dev)
     except Exception:  # a mechanism the model rejects (e.g. a tensor mask under flex attention) is not one it supports
         return False
-    finally:
-        for m, was in modes:
-            m.training = was
+
+
+def _probe(model: Any, mode: str, a1: list[int], a2: list[int], b: list[int], dev: torch.device) -> bool:
+    outs = []
+    for a in (a1, a2):
+        packed = pack_sequences([{"input_ids": a, "prompt_len": 0}, {"input_ids": b, "prompt_len": 0}]).to(dev)
+        attn, kw = _forward_kwargs(model, packed, mode)
+        outs.append(_logits(model(input_ids=packed.input_ids, attention_mask=attn, use_cache=False, **kw))[0, 3:].float())
+    alone = _logits(model(input_ids=torch.tensor([b], device=dev), attention_mask=torch.ones(1, 3, dtype=torch.long, device=dev),
+                          use_cache=False))[0].float()
     scale = 1.0 + float(alone.abs().max())
     tol = 1e-4 if _model_dtype(model) == torch.float32 else 2e-2
     return bool((outs[0] - outs[1]).abs().max() <= tol * scale and (outs[0] - alone).abs().max() <= tol * scale)
