@@ -290,3 +290,20 @@ def test_probe_and_reference_pass_leave_quantised_weights_alone(run_spec):
         assert not getattr(m.weight.quant_state, "packing_format_for_cpu", False)
         assert torch.equal(m.weight.data, w) and torch.equal(m.weight.quant_state.absmax, absmax)
     assert model.training  # modes restored
+
+
+def test_explicit_mask_is_not_used_past_a_sliding_window(monkeypatch):
+    """Mode "mask" (an explicit block mask, no window) must not pack sequences longer than a
+    sliding-window model's window: they run padded, exactly."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+                                             max_position_embeddings=256, attn_implementation="eager"))
+    monkeypatch.setattr(forward, "packing_mode", lambda m: "mask")
+    batch = collate(examples_for("sft", seed=3, n=8), 0, ("completion",))
+    assert forward._packed_rows(model, batch, "on") is None
+    got = forward_segments(model, batch, "causal_lm", options=ForwardOptions("chunked", "on"))
+    want = forward_segments(model, batch, "causal_lm", options=ForwardOptions("plain", "off"))
+    assert err(got["completion"].logps, want["completion"].logps) < TOL

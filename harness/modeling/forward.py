@@ -44,7 +44,7 @@ from harness.core.contract import SeqOut
 from harness.data.batching import Batch
 from harness.modeling.logprobs import chunked_unsupported_reason, resolve_path, unwrap_model
 from harness.modeling.logprobs import token_logps as model_token_logps
-from harness.modeling.packing import PackedRows, pack_batch, packed_token_logps, packing_mode
+from harness.modeling.packing import PackedRows, pack_batch, packed_token_logps, packing_mode, sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,11 @@ def _packed_rows(model: Any, batch: Batch, requested: str) -> tuple[PackedRows, 
     rows = pack_batch(batch.input_ids, batch.attention_mask, batch.loss_mask, width=width)
     if rows is None:
         _log_once(model, "packing: a batch is not right-padded; it runs as padded rows")
+        return None
+    window = sliding_window(model)
+    if mode == "mask" and window is not None and rows.packed.max_seqlen > window:
+        # the explicit block mask has no sliding window; padded rows get transformers' own
+        _log_once(model, f"packing: off for sequences longer than the model's sliding window ({window})")
         return None
     if requested == "auto" and rows.packed_slots > (1 - PACK_MIN_SAVING) * rows.padded_slots:
         return None

@@ -254,7 +254,7 @@ def _model_dtype(model: Any) -> torch.dtype:
     return unwrap_model(model).get_input_embeddings().weight.dtype
 
 
-def _sliding_window(model: Any) -> int | None:
+def sliding_window(model: Any) -> int | None:
     """The window of sliding-window layers, if any layer uses one (Mistral, Qwen2 with
     use_sliding_window, Gemma 2/3): the explicit mask of mode "mask" has no window."""
     cfg = unwrap_model(model).config
@@ -361,7 +361,7 @@ def packed_forward_logps(
         mode = packing_mode(model)
     if mode not in MODES:
         raise ValueError(f"mode must be 'auto' or one of {MODES}, got {mode!r}")
-    window = _sliding_window(model)
+    window = sliding_window(model)
     if mode == "mask" and window is not None and packed.max_seqlen > window:
         mode = "padded"  # the explicit mask has no sliding window; padded rows get transformers' own
     if mode == "padded":
