@@ -44,7 +44,14 @@ from harness.core.contract import SeqOut
 from harness.data.batching import Batch
 from harness.modeling.logprobs import chunked_unsupported_reason, resolve_path, unwrap_model
 from harness.modeling.logprobs import token_logps as model_token_logps
-from harness.modeling.packing import PackedRows, pack_batch, packed_token_logps, packing_mode, sliding_window
+from harness.modeling.packing import (
+    PackedRows,
+    pack_batch,
+    packed_token_logps,
+    packing_mode,
+    plan_packs,
+    sliding_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +183,12 @@ def _packed_rows(model: Any, batch: Batch, requested: str) -> tuple[PackedRows, 
         return None
     # flash-attention varlen has no quadratic mask: one long row; masks/sdpa: rows no wider than T
     width = int(batch.attention_mask.sum()) if mode == "varlen" else None
+    if requested == "auto" and mode != "varlen":
+        # decide from the lengths alone before building anything (most DPO batches stay padded)
+        lengths = batch.attention_mask.sum(dim=1).tolist()
+        B, T = batch.input_ids.shape
+        if len(plan_packs(lengths, T)) * T > (1 - PACK_MIN_SAVING) * B * T:
+            return None
     rows = pack_batch(batch.input_ids, batch.attention_mask, batch.loss_mask, width=width)
     if rows is None:
         _log_once(model, "packing: a batch is not right-padded; it runs as padded rows")
