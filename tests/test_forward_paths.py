@@ -307,3 +307,25 @@ def test_explicit_mask_is_not_used_past_a_sliding_window(monkeypatch):
     got = forward_segments(model, batch, "causal_lm", options=ForwardOptions("chunked", "on"))
     want = forward_segments(model, batch, "causal_lm", options=ForwardOptions("plain", "off"))
     assert err(got["completion"].logps, want["completion"].logps) < TOL
+
+
+def test_chunked_head_follows_the_autocast_of_a_prepared_model():
+    """accelerate's bf16 wrapper runs the model's forward under autocast and hands back fp32
+    outputs; the chunked head runs after that forward, outside the autocast, yet must multiply in
+    bf16 as the plain head inside it does -- else training (prepared model) and the reference pass
+    (explicit autocast) round the reference differently and the training step's head costs fp32."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    model = Accelerator(mixed_precision="bf16", cpu=True).prepare(tiny_llama())
+    AcceleratorState._reset_state(reset_partial_state=True)
+    batch = collate(examples_for("dpo", seed=6), 0, ("chosen", "rejected"))
+    with torch.no_grad():
+        got = forward_segments(model, batch, "causal_lm", options=ForwardOptions("chunked", "off"))
+        want = forward_segments(model, batch, "causal_lm", options=ForwardOptions("plain", "off"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = forward_segments(model, batch, "causal_lm", options=ForwardOptions("chunked", "off"))
+    for s in ("chosen", "rejected"):
+        assert err(got[s].logps, want[s].logps) < 1e-5
+        assert err(got[s].logps, ref[s].logps) < 1e-5

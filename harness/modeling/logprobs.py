@@ -332,22 +332,27 @@ def eval_mode(model: Any) -> Iterator[None]:
             m.training = was
 
 
-def _passthrough(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    return x
-
-
 @contextlib.contextmanager
-def head_bypassed(model: Any) -> Iterator[torch.nn.Linear]:
+def head_bypassed(model: Any, seen: dict[str, Any] | None = None) -> Iterator[torch.nn.Linear]:
     """Within the block, ``model(...)`` returns the final hidden states where it returned logits.
 
     Done by shadowing the head's ``forward`` with an instance attribute (restored afterwards,
     including a hook wrapper accelerate may have put there), so the module tree, parameter
-    registration and DDP buckets are untouched.  Yields the head module.
+    registration and DDP buckets are untouched.  Yields the head module.  ``seen["dtype"]`` is
+    set to the dtype the head would have multiplied in, read where the head is called -- inside
+    the model's forward, so under the autocast a wrapper (accelerate's prepared model) applies
+    there even when the caller runs outside it.
     """
     head = unwrap_model(model).get_output_embeddings()
     had = "forward" in head.__dict__
     saved = head.__dict__.get("forward")
-    head.forward = _passthrough
+
+    def passthrough(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if seen is not None:
+            seen["dtype"] = head_compute_dtype(x, head.weight)
+        return x
+
+    head.forward = passthrough
     try:
         yield head
     finally:
@@ -414,7 +419,8 @@ def token_logps(
         logits, keep = _call(model, input_ids, attention_mask, T - start, forward_kwargs)
         s = T - keep
         return torch.cat([out[:, :s], plain_token_logps(logits, input_ids[:, s:], loss_mask[:, s:])], dim=1), path
-    with head_bypassed(model) as head:
+    seen: dict[str, Any] = {}
+    with head_bypassed(model, seen) as head:
         hidden, keep = _call(model, input_ids, attention_mask, T - start, forward_kwargs)
     s = T - keep
     if hidden.shape[-1] != head.in_features:
@@ -424,8 +430,10 @@ def token_logps(
     rows, cols = sel.nonzero(as_tuple=True)
     h = hidden[:, :-1][rows, cols].to(head.weight.device)  # a device map may put the head elsewhere
     labels = input_ids[:, s + 1:][rows, cols].to(head.weight.device)
+    # the dtype the plain head would have used, seen inside the model's forward (see head_bypassed)
+    cdt = seen.get("dtype") or head_compute_dtype(h, head.weight)
     picked = label_logprobs(h, head.weight, labels, head.bias, chunk_rows=chunk_rows, chunk_vocab=chunk_vocab,
-                            compute_dtype=head_compute_dtype(h, head.weight))
+                            compute_dtype=cdt)
     return out.index_put((rows, cols + s), picked.to(out.device)), path
 
 
