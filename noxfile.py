@@ -4,6 +4,7 @@
     nox -s lint         # ruff (undefined names on)
     nox -s typecheck    # mypy
     nox -s bench        # speed/memory benchmarks vs TRL (prints ratios; not a test)
+    nox -s bench -- sft sweep   # a subset: dpo, vocab, sft, sweep (options after --: see benchmarks/README.md)
 
 torch is installed first from a pinned CPU build (TORCH_SPEC, default torch==2.13.0) so
 the package's looser ``torch>=2.4`` range installs nothing more; GPU users set
@@ -45,7 +46,16 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "harness", "methods")
 
 
+BENCHMARKS = {"dpo": "benchmarks/bench_dpo.py", "vocab": "benchmarks/bench_dpo_vocab.py",
+              "sft": "benchmarks/bench_sft_packing.py", "sweep": "benchmarks/bench_sweep_overhead.py"}
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
+    """Every benchmark in turn (or those named: ``nox -s bench -- dpo sft``; other arguments go to
+    each script, e.g. ``-- dpo --quick``).  Each prints its ratios and the machine's load average."""
     install(session)
-    session.run("python", "benchmarks/bench_dpo.py", *session.posargs)
+    names = [a for a in session.posargs if a in BENCHMARKS] or list(BENCHMARKS)
+    extra = [a for a in session.posargs if a not in BENCHMARKS]
+    for name in names:
+        session.run("python", BENCHMARKS[name], *extra, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})

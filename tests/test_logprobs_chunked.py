@@ -229,10 +229,10 @@ def test_unsupported_heads_fall_back_exactly(make, why):
 
 
 def test_bf16_autocast_is_close():
-    """Under bf16 autocast the decoder runs in bf16 on both paths; the chunked head stays fp32,
-    the plain head is a bf16 matmul.  Tolerance 2e-4 relative on per-row sums (measured: 1e-5,
-    i.e. 1.5e-3 nats on a 147-nat row, vs 2.3e-5 for plain autocast against the fp32 reference),
-    2% of the largest gradient entry for gradients (measured 0.3-0.5%, plain autocast 0.4-0.7%)."""
+    """Under bf16 autocast the chunked head multiplies in bf16 like the plain head (softmax and
+    accumulation stay fp32), so the two agree to float rounding of the sums (measured: identical),
+    and both sit within 2e-4 relative of the fp32 reference (measured 8e-5 on a 147-nat row);
+    gradients within 2% of the largest entry (measured 0.3-0.5%, plain autocast 0.4-0.7%)."""
     model = tiny_llama(tied=False)
     ids, attn, loss = padded_batch()
     params = [model.lm_head.weight, model.model.layers[0].self_attn.q_proj.weight]
@@ -241,7 +241,8 @@ def test_bf16_autocast_is_close():
         got, _ = completion_token_logps(model, ids, attn, loss, chunk_rows=9, chunk_vocab=100)
         base, _ = plain(model, ids, attn, loss)
     assert got.dtype == torch.float32
-    assert err(got, ref) < 2e-4 and err(got, base) < 2e-4
+    assert err(got, base) < 1e-5  # the same bf16 logits as the plain head, not fp32 ones
+    assert err(got, ref) < 2e-4
     assert err(got, ref) > 0  # the decoder did run in bf16: autocast reached it through the forward
     for g, r in zip(grads(got, params), grads(ref, params)):
         assert float((g - r).abs().max()) < 0.02 * float(r.abs().max())

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from harness.core.config import EvalSpec, RunSpec
+from harness.evaluation import lmeval  # noqa: F401  (imports lm-eval now: a sweep's fork server preloads it)
 from harness.modeling.generation import (
     Completion,
     Prompt,

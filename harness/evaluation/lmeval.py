@@ -7,6 +7,12 @@ Any lm-eval task name works, plus task YAMLs in local directories (``include``).
 worlds ship local tasks (``World.lm_eval_tasks()``: a directory of rendered YAMLs and their
 items) so that this runs offline on a laptop; evaluation passes their directory here.
 Results keep lm-eval's task versions, n-shot settings and sample counts next to the metrics.
+
+Cost, per call, is the evaluation itself: lm-eval's modules are imported with this module (so a
+sweep's fork server, which imports ``harness.evaluation.evaluate``, pays ~2 s of imports once per
+worker instead of once per trial); task managers are cached per (include directories, built-in
+tasks); and lm-eval's environment report, which shells out to ``pip list`` and friends (1.5 s a
+call here) and is not part of our results, is skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +27,14 @@ from typing import Any
 from harness.core.registry import did_you_mean
 
 log = logging.getLogger(__name__)
+
+with contextlib.suppress(ImportError):  # eagerly: see the module docstring (a sweep worker imports this once)
+    import lm_eval.evaluator  # noqa: F401
+    import lm_eval.models.huggingface  # noqa: F401
+    import lm_eval.tasks  # noqa: F401
+
+#: task managers by (include directories, whether lm-eval's own tasks are indexed)
+_MANAGERS: dict[tuple[tuple[str, ...], bool], tuple[Any, Any]] = {}
 
 
 class LMEvalError(ValueError):
@@ -62,16 +76,26 @@ def task_manager(
     for d in include_dirs:
         if not d.is_dir():
             raise LMEvalError(f"lm-eval task directory {str(d)!r} does not exist")
-    paths = [str(p) for p in include_dirs]
+    paths = [str(p.resolve()) for p in include_dirs]
+
+    def manager(defaults: bool) -> Any:
+        # a directory's YAMLs are read when it is indexed; a cached manager is reused only
+        # while none of them changed (a world rebuilds its task files under the same directory)
+        stamp = tuple((str(f), f.stat().st_mtime_ns) for d in include_dirs for f in sorted(d.rglob("*.yaml")))
+        key = (tuple(paths), defaults)
+        hit = _MANAGERS.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        tm = TaskManager(include_path=paths or None, include_defaults=defaults) if paths else TaskManager()
+        _MANAGERS[key] = (stamp, tm)
+        return tm
+
     # indexing lm-eval's ~15k built-in YAMLs takes 10-20 s here: skip it when every task is local
     if paths:
-        local = TaskManager(include_path=paths, include_defaults=False)
-        if not builtin or all(t in local.all_tasks for t in tasks):
-            tm = local
-        else:
-            tm = TaskManager(include_path=paths)
+        local = manager(False)
+        tm = local if not builtin or all(t in local.all_tasks for t in tasks) else manager(True)
     else:
-        tm = TaskManager()
+        tm = manager(True)
     unknown = [t for t in tasks if t not in tm.all_tasks]
     if unknown:
         t = unknown[0]
@@ -80,6 +104,20 @@ def task_manager(
             f"unknown lm-eval task {t!r}{did_you_mean(t, tm.all_tasks)} (searched lm-eval's tasks and {where})"
         )
     return tm
+
+
+@contextlib.contextmanager
+def _without_env_report() -> Iterator[None]:
+    """simple_evaluate adds torch's ``collect_env`` report (subprocesses: ``pip list``, ``nvidia-smi``,
+    ...) to every result; we keep none of it, and it costs more than a small task's evaluation."""
+    import lm_eval.evaluator as ev
+
+    real = ev.add_env_info
+    ev.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        ev.add_env_info = real
 
 
 def _metrics(entry: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
@@ -138,7 +176,7 @@ def run_lm_eval(
     was_training = model.training
     model.eval()
     try:
-        with _keep_rng_state():
+        with _keep_rng_state(), _without_env_report():
             res = simple_evaluate(
                 model=lm, tasks=tasks, task_manager=tm, num_fewshot=num_fewshot, limit=limit,
                 apply_chat_template=apply_chat_template, log_samples=False, bootstrap_iters=1000,

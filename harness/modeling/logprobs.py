@@ -9,7 +9,10 @@ completion token is needed: ``log softmax(h Wᵀ + b)[label] = z_label − logsu
 
 :class:`ChunkedLabelLogprob` computes it from the final hidden states ``h`` [N, H] and the
 output-embedding weight ``W`` [V, H] in blocks of ``chunk_rows × chunk_vocab`` logits, with an
-online (running max / running sum) logsumexp across vocabulary blocks, always in fp32.  It saves
+online (running max / running sum) logsumexp across vocabulary blocks, always in fp32.  The block
+matmuls take their operands in the dtype the plain head would use (the autocast dtype under
+bf16 autocast, else the weights' dtype) and their products are upcast, so under bf16 the chunked
+and plain heads round the logits alike and the head runs at bf16 matmul speed.  It saves
 only ``h``, ``labels`` and the per-row logsumexp (N floats) and RECOMPUTES each block in backward,
 so the peak extra memory is one block (1024 × 32768 × 4 B = 128 MiB at the defaults, with its
 softmax/gradient written in place) plus an fp32 [N, H] accumulator for ``∂h`` and, when ``W``
@@ -93,6 +96,7 @@ class ChunkedLabelLogprob(torch.autograd.Function):
         labels: torch.Tensor,
         chunk_rows: int,
         chunk_vocab: int,
+        compute_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         n, v = hidden.shape[0], weight.shape[0]
         dev = hidden.device
@@ -101,8 +105,8 @@ class ChunkedLabelLogprob(torch.autograd.Function):
             run_sum = torch.zeros(n, dtype=torch.float32, device=dev)
             target = torch.zeros(n, dtype=torch.float32, device=dev)
             for v0, v1 in _blocks(v, chunk_vocab):
-                w = weight[v0:v1].float()
-                b = None if bias is None else bias[v0:v1].float()
+                w = weight[v0:v1].to(compute_dtype)
+                b = None if bias is None else bias[v0:v1].to(compute_dtype)
                 for r0, r1 in _blocks(n, chunk_rows):
                     z = _block_logits(hidden[r0:r1], w, b)
                     # the label's logit is read from the same block product the logsumexp sees,
@@ -120,13 +124,14 @@ class ChunkedLabelLogprob(torch.autograd.Function):
                     del z  # else the next block is allocated while this one is still alive: 2 blocks peak
             lse = run_max + torch.log(run_sum)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
-        ctx.chunks = (chunk_rows, chunk_vocab)
+        ctx.chunks = (chunk_rows, chunk_vocab, compute_dtype)
         return target - lse
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         hidden, weight, bias, labels, lse = ctx.saved_tensors
-        chunk_rows, chunk_vocab = ctx.chunks
+        chunk_rows, chunk_vocab, cdt = ctx.chunks
+        fp32 = cdt == torch.float32
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         n, v = hidden.shape[0], weight.shape[0]
         dev = hidden.device
@@ -140,12 +145,12 @@ class ChunkedLabelLogprob(torch.autograd.Function):
             if need_b:
                 grad_b = torch.empty_like(bias)
             for v0, v1 in _blocks(v, chunk_vocab):
-                w = weight[v0:v1].float()
-                b = None if bias is None else bias[v0:v1].float()
+                w = weight[v0:v1].to(cdt)
+                b = None if bias is None else bias[v0:v1].to(cdt)
                 gw = torch.zeros(w.shape, dtype=torch.float32, device=dev) if need_w else None
                 gb = torch.zeros(v1 - v0, dtype=torch.float32, device=dev) if need_b else None
                 for r0, r1 in _blocks(n, chunk_rows):
-                    h = hidden[r0:r1].float()
+                    h = hidden[r0:r1].to(cdt)
                     z = _block_logits(h, w, b)
                     g_r = g[r0:r1]
                     # d(z_y - lse)/dz = onehot(y) - softmax(z): the block becomes its own gradient
@@ -155,25 +160,36 @@ class ChunkedLabelLogprob(torch.autograd.Function):
                     if bool(here.any()):
                         rows = here.nonzero().squeeze(1)
                         dz[rows, lab[rows] - v0] += g_r[rows]
+                    # the gradient GEMMs take their operands in the compute dtype (as autograd of a
+                    # bf16 head would) and accumulate into fp32 buffers
+                    dzc = dz if fp32 else dz.to(cdt)
                     if grad_h is not None:
-                        grad_h[r0:r1].addmm_(dz, w)
+                        if fp32:
+                            grad_h[r0:r1].addmm_(dz, w)
+                        else:
+                            grad_h[r0:r1] += (dzc @ w).float()
                     if gw is not None:
-                        gw.addmm_(dz.t(), h)
+                        if fp32:
+                            gw.addmm_(dz.t(), h)
+                        else:
+                            gw += (dzc.t() @ h).float()
                     if gb is not None:
                         gb += dz.sum(dim=0)
-                    del z, dz
+                    del z, dz, dzc
                 if grad_w is not None and gw is not None:
                     grad_w[v0:v1] = gw
                 if grad_b is not None and gb is not None:
                     grad_b[v0:v1] = gb
         if grad_h is not None:
             grad_h = grad_h.to(hidden.dtype)
-        return grad_h, grad_w, grad_b, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None
 
 
 def _block_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    h = h.float()
-    return h @ w.t() if b is None else torch.addmm(b, h, w.t())
+    """One block of logits in fp32, the product taken in ``w``'s dtype (the compute dtype)."""
+    h = h.to(w.dtype)
+    z = h @ w.t() if b is None else torch.addmm(b, h, w.t())
+    return z.float()
 
 
 def label_logprobs(
@@ -185,12 +201,15 @@ def label_logprobs(
     mask: torch.Tensor | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     chunk_vocab: int | None = DEFAULT_CHUNK_VOCAB,
+    compute_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Per-row fp32 log-prob of ``labels`` under ``log softmax(hidden @ weight.T + bias)``.
 
     ``hidden`` [N, H] (flattened rows), ``labels`` [N] int, optional boolean ``mask`` [N]: rows
     where it is False are never projected (no FLOPs) and come back as exactly 0 with no gradient
     contribution.  ``chunk_vocab=None`` uses one vocabulary block of the full V.
+    ``compute_dtype``: dtype of the block matmuls' operands (fp32 default; bf16 is what a bf16
+    head under autocast computes); the logits are then upcast, and everything after is fp32.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden [N, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
@@ -200,9 +219,9 @@ def label_logprobs(
         raise ValueError(f"chunk sizes must be positive, got chunk_rows={chunk_rows}, chunk_vocab={chunk_vocab}")
     cv = weight.shape[0] if chunk_vocab is None else chunk_vocab
     if mask is None:
-        return ChunkedLabelLogprob.apply(hidden, weight, bias, labels, chunk_rows, cv)
+        return ChunkedLabelLogprob.apply(hidden, weight, bias, labels, chunk_rows, cv, compute_dtype)
     idx = mask.nonzero().squeeze(1)
-    picked = ChunkedLabelLogprob.apply(hidden[idx], weight, bias, labels[idx], chunk_rows, cv)
+    picked = ChunkedLabelLogprob.apply(hidden[idx], weight, bias, labels[idx], chunk_rows, cv, compute_dtype)
     return torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device).index_put((idx,), picked)
 
 
@@ -284,22 +303,56 @@ def resolve_path(model: Any, path: str = "auto") -> str:
     return path
 
 
-def _passthrough(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    return x
+def head_compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype a plain ``nn.Linear`` head would multiply in: the autocast dtype when autocast is
+    on for the device (bf16 training), else the promoted dtype of its inputs (fp32 models: fp32)."""
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(hidden.dtype, weight.dtype)
 
 
 @contextlib.contextmanager
-def head_bypassed(model: Any) -> Iterator[torch.nn.Linear]:
+def eval_mode(model: Any) -> Iterator[None]:
+    """``model.eval()`` for the block (dropout off), every module's mode restored afterwards --
+    except that bitsandbytes' quantised layers stay in training mode: on CPUs with AVX512-BF16,
+    bitsandbytes 0.50 re-packs a 4-bit weight IN PLACE on its first eval-mode forward without
+    gradients, rounding its scales to bf16, and every later forward (training included) uses the
+    re-packed weight.  A forward-only pass (a probe, the reference pass) must not change the
+    weights the run trains on; in training mode these layers compute exactly as in training."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    for m in model.modules():
+        if type(m).__module__.startswith("bitsandbytes"):
+            m.training = True
+    try:
+        yield
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
+@contextlib.contextmanager
+def head_bypassed(model: Any, seen: dict[str, Any] | None = None) -> Iterator[torch.nn.Linear]:
     """Within the block, ``model(...)`` returns the final hidden states where it returned logits.
 
     Done by shadowing the head's ``forward`` with an instance attribute (restored afterwards,
     including a hook wrapper accelerate may have put there), so the module tree, parameter
-    registration and DDP buckets are untouched.  Yields the head module.
+    registration and DDP buckets are untouched.  Yields the head module.  ``seen["dtype"]`` is
+    set to the dtype the head would have multiplied in, read where the head is called -- inside
+    the model's forward, so under the autocast a wrapper (accelerate's prepared model) applies
+    there even when the caller runs outside it.
     """
     head = unwrap_model(model).get_output_embeddings()
     had = "forward" in head.__dict__
     saved = head.__dict__.get("forward")
-    head.forward = _passthrough
+
+    def passthrough(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if seen is not None:
+            seen["dtype"] = head_compute_dtype(x, head.weight)
+        return x
+
+    head.forward = passthrough
     try:
         yield head
     finally:
@@ -366,7 +419,8 @@ def token_logps(
         logits, keep = _call(model, input_ids, attention_mask, T - start, forward_kwargs)
         s = T - keep
         return torch.cat([out[:, :s], plain_token_logps(logits, input_ids[:, s:], loss_mask[:, s:])], dim=1), path
-    with head_bypassed(model) as head:
+    seen: dict[str, Any] = {}
+    with head_bypassed(model, seen) as head:
         hidden, keep = _call(model, input_ids, attention_mask, T - start, forward_kwargs)
     s = T - keep
     if hidden.shape[-1] != head.in_features:
@@ -376,7 +430,10 @@ def token_logps(
     rows, cols = sel.nonzero(as_tuple=True)
     h = hidden[:, :-1][rows, cols].to(head.weight.device)  # a device map may put the head elsewhere
     labels = input_ids[:, s + 1:][rows, cols].to(head.weight.device)
-    picked = label_logprobs(h, head.weight, labels, head.bias, chunk_rows=chunk_rows, chunk_vocab=chunk_vocab)
+    # the dtype the plain head would have used, seen inside the model's forward (see head_bypassed)
+    cdt = seen.get("dtype") or head_compute_dtype(h, head.weight)
+    picked = label_logprobs(h, head.weight, labels, head.bias, chunk_rows=chunk_rows, chunk_vocab=chunk_vocab,
+                            compute_dtype=cdt)
     return out.index_put((rows, cols + s), picked.to(out.device)), path
 
 

@@ -58,6 +58,7 @@ from harness.modeling.logprobs import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_CHUNK_VOCAB,
     completion_token_logps,
+    eval_mode,
     token_logps,
     unwrap_model,
 )
@@ -131,6 +132,79 @@ def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask
     return pack_sequences(seqs)
 
 
+@dataclass
+class PackedRows:
+    """A right-padded batch re-laid as packed rows, and the way back (see :func:`pack_batch`)."""
+
+    packed: PackedBatch
+    #: [B, T-1] index into ``per_position.flatten()`` + one trailing zero: the padded batch's
+    #: position (r, t) -- which predicts token t+1 of row r -- read from the pack
+    back: torch.Tensor
+    #: padded token slots (B x T) and packed ones (R x W), for the auto rule and logs
+    padded_slots: int
+    packed_slots: int
+
+
+def pack_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+               width: int | None = None) -> PackedRows | None:
+    """Right-padded rows -> packed rows of ``width`` token slots (default: the batch's padded
+    width T, so no pack has more attention scores than a padded row), sequences placed by
+    :func:`plan_packs` and the rest of each row filled with a separate pad "sequence" (positions
+    restart there, so it attends only to itself and, coming last, is never attended to).
+
+    ``width`` of at least the total token count gives a single row (flash-attention varlen, where a
+    long row costs nothing extra).  Returns None when the batch is not right-padded.  Built with
+    index tensors on the batch's device; results map back through :attr:`PackedRows.back`.
+    """
+    B, T = input_ids.shape
+    dev = input_ids.device
+    lengths_t = attention_mask.sum(dim=1)
+    valid = torch.arange(T, device=dev)[None, :] < lengths_t[:, None]
+    if not torch.equal(attention_mask.bool(), valid):
+        return None
+    lengths = [int(n) for n in lengths_t.tolist()]
+    if min(lengths, default=0) < 1:
+        return None
+    W = T if width is None else max(int(width), max(lengths))
+    plan = plan_packs(lengths, W)
+    R = len(plan)
+    row_of = [0] * B
+    off_of = [0] * B
+    fill = []
+    for r, pack in enumerate(plan):
+        off = 0
+        for i in pack:
+            row_of[i], off_of[i] = r, off
+            off += lengths[i]
+        fill.append(off)
+    row_t = torch.tensor(row_of, device=dev)
+    off_t = torch.tensor(off_of, device=dev)
+    rr, tt = valid.nonzero(as_tuple=True)
+    dest = row_t[rr] * W + off_t[rr] + tt
+    # pads: token 0, positions restarting at 0 at each row's fill mark, their own sequence id
+    col = torch.arange(W, device=dev)[None, :].expand(R, W)
+    fill_t = torch.tensor(fill, device=dev)[:, None]
+    ids = torch.zeros(R * W, dtype=input_ids.dtype, device=dev)
+    pos = (col - fill_t).clamp(min=0).reshape(-1).clone()
+    seq = (B + torch.arange(R, device=dev))[:, None].expand(R, W).reshape(-1).clone()
+    loss = torch.zeros(R * W, dtype=loss_mask.dtype, device=dev)
+    ids[dest] = input_ids[rr, tt]
+    pos[dest] = tt
+    seq[dest] = rr
+    # a sequence start is never a label: the token before it belongs to another sequence
+    loss[dest] = loss_mask[rr, tt] * (tt > 0).to(loss_mask.dtype)
+    # (r, t) predicts token t+1 of row r; in the pack that is position off + t of row_of[r]
+    back = torch.full((B, T - 1), R * (W - 1), dtype=torch.long, device=dev)
+    pr, pt = valid[:, 1:].nonzero(as_tuple=True)
+    back[pr, pt] = row_t[pr] * (W - 1) + off_t[pr] + pt
+    order = [i for pack in plan for i in pack]
+    cu = torch.zeros(B + 1, dtype=torch.int32, device=dev)
+    cu[1:] = torch.cumsum(torch.tensor([lengths[i] for i in order], dtype=torch.int32, device=dev), 0)
+    packed = PackedBatch(ids.view(R, W), pos.view(R, W), loss.view(R, W), seq.view(R, W), cu, max(lengths),
+                         tuple(lengths))
+    return PackedRows(packed, back, B * T, R * W)
+
+
 def unpack(packed: PackedBatch, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Back to right-padded (input_ids, attention_mask, loss_mask), one row per sequence."""
     n, T = packed.num_sequences, max(packed.max_seqlen, 1)
@@ -180,7 +254,7 @@ def _model_dtype(model: Any) -> torch.dtype:
     return unwrap_model(model).get_input_embeddings().weight.dtype
 
 
-def _sliding_window(model: Any) -> int | None:
+def sliding_window(model: Any) -> int | None:
     """The window of sliding-window layers, if any layer uses one (Mistral, Qwen2 with
     use_sliding_window, Gemma 2/3): the explicit mask of mode "mask" has no window."""
     cfg = unwrap_model(model).config
@@ -222,25 +296,26 @@ def isolation_probe(model: Any, mode: str) -> bool:
     B's logits must not move when A's tokens change, and must equal B run alone (which also
     checks that positions restart).  Masked-out keys contribute exact zeros, so isolated outputs
     are equal up to kernel rounding; leakage moves them by orders of magnitude more.  Runs in eval
-    mode (dropout, LoRA dropout off) and restores each module's mode."""
+    mode (dropout, LoRA dropout off; see :func:`harness.modeling.logprobs.eval_mode` for quantised
+    layers, which a probe must not alter) and restores each module's mode."""
     vocab = unwrap_model(model).get_input_embeddings().weight.shape[0]
     dev = unwrap_model(model).get_input_embeddings().weight.device
     a1, a2, b = [[(k * 7 + j) % vocab for j in range(3)] for k in (1, 2, 3)]
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        outs = []
-        for a in (a1, a2):
-            packed = pack_sequences([{"input_ids": a, "prompt_len": 0}, {"input_ids": b, "prompt_len": 0}]).to(dev)
-            attn, kw = _forward_kwargs(model, packed, mode)
-            outs.append(_logits(model(input_ids=packed.input_ids, attention_mask=attn, use_cache=False, **kw))[0, 3:].float())
-        alone = _logits(model(input_ids=torch.tensor([b], device=dev), attention_mask=torch.ones(1, 3, dtype=torch.long, device=dev),
-                              use_cache=False))[0].float()
+        with eval_mode(model):
+            return _probe(model, mode, a1, a2, b, dev)
     except Exception:  # a mechanism the model rejects (e.g. a tensor mask under flex attention) is not one it supports
         return False
-    finally:
-        for m, was in modes:
-            m.training = was
+
+
+def _probe(model: Any, mode: str, a1: list[int], a2: list[int], b: list[int], dev: torch.device) -> bool:
+    outs = []
+    for a in (a1, a2):
+        packed = pack_sequences([{"input_ids": a, "prompt_len": 0}, {"input_ids": b, "prompt_len": 0}]).to(dev)
+        attn, kw = _forward_kwargs(model, packed, mode)
+        outs.append(_logits(model(input_ids=packed.input_ids, attention_mask=attn, use_cache=False, **kw))[0, 3:].float())
+    alone = _logits(model(input_ids=torch.tensor([b], device=dev), attention_mask=torch.ones(1, 3, dtype=torch.long, device=dev),
+                          use_cache=False))[0].float()
     scale = 1.0 + float(alone.abs().max())
     tol = 1e-4 if _model_dtype(model) == torch.float32 else 2e-2
     return bool((outs[0] - outs[1]).abs().max() <= tol * scale and (outs[0] - alone).abs().max() <= tol * scale)
@@ -286,7 +361,7 @@ def packed_forward_logps(
         mode = packing_mode(model)
     if mode not in MODES:
         raise ValueError(f"mode must be 'auto' or one of {MODES}, got {mode!r}")
-    window = _sliding_window(model)
+    window = sliding_window(model)
     if mode == "mask" and window is not None and packed.max_seqlen > window:
         mode = "padded"  # the explicit mask has no sliding window; padded rows get transformers' own
     if mode == "padded":
@@ -302,6 +377,28 @@ def packed_forward_logps(
     counts = torch.zeros(n, dtype=torch.float32, device=per_token.device).index_add(
         0, owner, packed.loss_mask[0, 1:].float())
     return logps, counts
+
+
+def packed_token_logps(
+    model: Any,
+    rows: PackedRows,
+    mode: str,
+    *,
+    path: str = "auto",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_vocab: int | None = DEFAULT_CHUNK_VOCAB,
+) -> torch.Tensor:
+    """The padded batch's per-position log-probs [B, T-1] (as
+    :func:`harness.modeling.logprobs.token_logps` returns them: 0 off the loss mask), computed on
+    the packed rows of :func:`pack_batch` with attention kept inside each sequence by ``mode``
+    (not ``"padded"``: unpacked rows are the caller's own batch)."""
+    if mode not in MODES or mode == "padded":
+        raise ValueError(f"mode must be one of {MODES[:-1]}, got {mode!r}")
+    attn, kwargs = _forward_kwargs(model, rows.packed, mode)
+    per, _ = token_logps(model, rows.packed.input_ids, attn, rows.packed.loss_mask, chunk_rows=chunk_rows,
+                         chunk_vocab=chunk_vocab, path=path, **kwargs)
+    flat = torch.cat([per.reshape(-1), per.new_zeros(1)])
+    return flat[rows.back]
 
 
 # --------------------------------------------------------------------------- planning

@@ -127,6 +127,9 @@ def run_job(job: dict[str, Any], t_trial_start: float, import_s: float) -> dict[
     after_last: list[float] = []
     train_s: list[float] = []
     eval_s: list[float] = []
+    setup_s: list[float] = []
+    save_s: list[float] = []
+    eval_parts: list[dict[str, float]] = []
     result: dict[str, Any] = {"state": "fail", "import_s": import_s}
     t_run = t_trial_start
     try:
@@ -149,7 +152,11 @@ def run_job(job: dict[str, Any], t_trial_start: float, import_s: float) -> dict[
             timing = ev.get("timing_s") if isinstance(ev, dict) else None
             if isinstance(timing, dict) and isinstance(timing.get("total"), (int, float)):
                 eval_s.append(float(timing["total"]))
+                eval_parts.append({k: float(v) for k, v in timing.items() if k != "total"})
             after_last.append(float(s.get("teardown_time_s") or 0.0))
+            setup_s.append(float(s.get("setup_time_s") or 0.0))
+            # after the last step the runner saves, then evaluates: the rest of its teardown is saving
+            save_s.append(after_last[-1] - (eval_s[-1] if len(eval_s) == len(after_last) else 0.0))
             t_run = t_end
             metric = job["objective"]["metric"]
             try:
@@ -176,8 +183,13 @@ def run_job(job: dict[str, Any], t_trial_start: float, import_s: float) -> dict[
     def mean(xs: list[float]) -> float | None:
         return sum(xs) / len(xs) if xs else None
 
+    parts = sorted({k for p in eval_parts for k in p})
     result["overhead"] = {"import_s": import_s, "to_first_step_s": mean(first_step), "train_s": mean(train_s),
                           "after_last_step_s": mean(after_last), "eval_s": mean(eval_s),
+                          # the run's own set-up (spec checks, data, model load, reference pass) and
+                          # saving, and each evaluation part (harness.evaluation.evaluate's timing_s)
+                          "run_setup_s": mean(setup_s), "save_s": mean(save_s),
+                          "eval_parts_s": {k: mean([p.get(k, 0.0) for p in eval_parts]) for k in parts},
                           "trial_wall_s": time.time() - t_trial_start}
     return result
 
