@@ -241,6 +241,11 @@ class TrainSpec:
     max_prompt_length: int = ranged(96, ge=1, le=MAX_TOKENS)
     #: fp32, or bf16 autocast
     precision: Literal["fp32", "bf16"] = "fp32"
+    #: label log-probs: chunked over rows and vocabulary without full logits, the plain full-logits
+    #: path, or auto (chunked wherever it is exact; the reason is logged when it is not)
+    logprobs: Literal["auto", "chunked", "plain"] = "auto"
+    #: padding-free batches: auto packs a micro-batch when that removes >= 20% of its token slots
+    packing: Literal["auto", "on", "off"] = "auto"
     #: recompute activations in the backward pass (less memory, more time)
     gradient_checkpointing: bool = False
     #: write a metrics row every N optimizer steps

@@ -36,6 +36,7 @@ from harness.core.contract import SEGMENTS, MethodAdapter, Normalizer
 from harness.data.batching import Batch, collate
 from harness.modeling.critic import token_values
 from harness.modeling.forward import forward_segments
+from harness.modeling.logprobs import eval_mode
 from harness.store.runs import Run, atomic_write_json
 
 
@@ -456,8 +457,13 @@ def evaluate_loss(
 ) -> dict[str, float]:
     """Held-out objective and method metrics (the periodic eval a sweep prunes on)."""
     segments = SEGMENTS[adapter.data_kind]
-    was = model.training
-    model.eval()
+    with eval_mode(model):  # keeps bitsandbytes' 4-bit layers from re-packing their weights on CPU
+        return _evaluate_loss(adapter, hp, model, examples, reference, pad_id, batch_size, device, segments)
+
+
+def _evaluate_loss(adapter: MethodAdapter, hp: Any, model: Any, examples: list[dict[str, Any]],
+                   reference: dict[str, torch.Tensor] | None, pad_id: int, batch_size: int, device: torch.device,
+                   segments: tuple[str, ...]) -> dict[str, float]:
     batches = [collate(examples[i:i + batch_size], pad_id, segments) for i in range(0, len(examples), batch_size)]
     norm = Normalizer(sequences=len(examples), tokens={s: sum(b.n_tokens(s) for b in batches) for s in segments})
     given = [None if reference is None else {s: reference[s][b.idx] for s in segments} for b in batches]
@@ -474,5 +480,4 @@ def evaluate_loss(
         total += float(out.loss)
         for k, v in out.metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v.float().sum())
-    model.train(was)
     return {"loss": total, **{k: v / len(examples) for k, v in sums.items()}}

@@ -43,6 +43,7 @@ from harness.data.batching import Batch, collate
 from harness.modeling.critic import token_values
 from harness.modeling.forward import forward_segments
 from harness.modeling.generation import SamplingParams, generate, prompt_text
+from harness.modeling.logprobs import eval_mode
 from harness.training.loop import StepBatches, StopTraining, step_examples
 from harness.training.rewards import AnnotationBudgetExhausted
 
@@ -190,16 +191,16 @@ class RolloutSource:
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
-        models = [m for m in (self.model, self.critic) if m is not None]
-        modes = [m.training for m in models]
-        for m in models:
-            m.eval()
-        try:
-            with torch.no_grad(), (self.autocast if self.autocast is not None else contextlib.nullcontext()):
-                yield
-        finally:
-            for m, was in zip(models, modes):
-                m.train(was)
+        """No-grad forwards of the rollout, in the training precision; eval_mode keeps quantised
+        (bitsandbytes) layers from re-packing their weights on CPU."""
+        with contextlib.ExitStack() as stack:
+            for m in (self.model, self.critic):
+                if m is not None:
+                    stack.enter_context(eval_mode(m))
+            stack.enter_context(torch.no_grad())
+            if self.autocast is not None:
+                stack.enter_context(self.autocast)
+            yield
 
     def _token_logps(self, model: Any, examples: list[dict[str, Any]], width: int) -> torch.Tensor:
         out = torch.zeros(len(examples), width)

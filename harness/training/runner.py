@@ -38,6 +38,7 @@ from harness.core.config import ConfigError, RunSpec, load_spec, spec_to_dict
 from harness.core.contract import METHODS, SEGMENTS, DataKind, MethodAdapter, load_methods
 from harness.data.batching import fingerprint, tokenize_cached
 from harness.modeling import peft_setup
+from harness.modeling.forward import ForwardOptions, configure
 from harness.modeling.generation import resolve_model_dir
 from harness.modeling.identity import weights_fingerprint
 from harness.store.cache import build_dir, cache_dir
@@ -469,6 +470,7 @@ def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: A
         if not ref_model:
             ref_model.append(load_model(prep.reference_path, spec, "causal_lm", prep.tokenizer.pad_token_id,
                                         with_peft=False).to(accelerator.device))
+            configure(ref_model[0], ForwardOptions(spec.train.logprobs, spec.train.packing))
         return ref_model[0]
 
     def compute(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -719,6 +721,7 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
                 atomic_write_text(run.path / "skipped_rows.jsonl", "".join(json.dumps(r) + "\n" for r in prep.skipped))
             accelerator = make_accelerator(spec)
             model = load_model(prep.model_path, spec, adapter.model_kind, prep.tokenizer.pad_token_id).to(accelerator.device)
+            configure(model, ForwardOptions(spec.train.logprobs, spec.train.packing))
             if peft_setup.uses_adapter(spec.peft):
                 peft_setup.register_checkpoint_hooks(accelerator)  # checkpoints hold the adapter only
             ref_train = ref_eval = None
