@@ -470,12 +470,15 @@ class InstructWorld:
     def lm_eval_tasks(self) -> LMEvalTasks:
         """Per cluster ``toyinstr_<cluster>_gen`` (exact match; a lower bound on graded tasks)
         and ``_mc`` (acc) where the cluster has options, plus the groups
-        ``toyinstr_{heldout,seen}_{gen,mc}``.  Default: the held-out clusters' gen tasks and
-        :data:`DEFAULT_SEEN_LM_EVAL`'s (lm-eval time counts in every sweep trial)."""
+        ``toyinstr_{heldout,seen}_{gen,mc}``.  Default: the held-out clusters' gen tasks,
+        :data:`DEFAULT_SEEN_LM_EVAL`'s, and the ``toyinstr_heldout_mc`` group: FLAN scores
+        classification tasks by rank classification, which credits a model that prefers the
+        right option before it can generate it (lm-eval time counts in every sweep trial)."""
         seed = self.options.seed
         final = self.root / f"lm_eval_tasks-v{VERSION}"
         target = build_dir(final, lambda tmp: render_lm_eval_dir(tmp, final, seed))
         names = [n for n, _, _ in lm_eval_task_names(seed)]
         groups = [lm_eval_group_name(g, k) for g in LM_EVAL_GROUPS for k in ("gen", "mc")]
-        default = tuple(ic.lm_eval_task_name(c, "gen") for c in (*ic.HELDOUT_CLUSTERS, *DEFAULT_SEEN_LM_EVAL))
+        default = (*(ic.lm_eval_task_name(c, "gen") for c in (*ic.HELDOUT_CLUSTERS, *DEFAULT_SEEN_LM_EVAL)),
+                   lm_eval_group_name("heldout", "mc"))
         return LMEvalTasks(default=default, available=tuple(names + groups), include=target)
