@@ -31,6 +31,7 @@ The pipeline's run directory gets ``alpaca.md`` / ``.json`` (data statistics and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from harness.core.config import MAX_COUNT, MAX_TOKENS, ranged
@@ -82,6 +83,8 @@ class AlpacaConfig:
                              f"({self.max_instruction_words})")
         if self.seed_in_context + self.generated_in_context < 1:
             raise ValueError("seed_in_context + generated_in_context is 0: a prompt needs at least one example task")
+        if self.seed_tasks is not None and not Path(self.seed_tasks).expanduser().is_file():
+            raise ValueError(f"seed_tasks {self.seed_tasks!r} is not a file (a jsonl of instruction/input/output rows)")
         if not self.teacher:
             raise ValueError("teacher is required: the model that writes the data (a local model or openai:<model>; "
                              "Alpaca used text-davinci-003)")

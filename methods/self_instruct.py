@@ -134,6 +134,8 @@ class SelfInstructConfig:
                              f"({self.max_instruction_words})")
         if self.seed_in_context + self.generated_in_context < 1:
             raise ValueError("seed_in_context + generated_in_context is 0: a prompt needs at least one example task")
+        if self.seed_tasks is not None and not Path(self.seed_tasks).expanduser().is_file():
+            raise ValueError(f"seed_tasks {self.seed_tasks!r} is not a file (a jsonl of instruction/input/output rows)")
         if self.instance_temperature == 0 and self.instances_per_instruction > 1:
             raise ValueError("instance_temperature=0 (greedy) gives one input per instruction; "
                              "set instances_per_instruction=1 or sample (instance_temperature > 0)")
@@ -543,10 +545,10 @@ def make_input_prompts(filtered: list[dict[str, Any]], seeds: list[dict[str, Any
 
 
 def seeds_rows(ctx: Any, seed_tasks: str | None) -> Any:
-    path = seed_tasks or ctx.world_resource("seed_tasks")
-    if not Path(path).is_file():
-        raise ValueError(f"method.seed_tasks: {path!r} is not a file")
-    return ctx.transform("seeds", load_seeds, path=str(Path(path).resolve()), digest=file_digest(path))
+    path = Path(seed_tasks or ctx.world_resource("seed_tasks")).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"method.seed_tasks: {str(path)!r} is not a file")
+    return ctx.transform("seeds", load_seeds, path=str(path), digest=file_digest(str(path)))
 
 
 def held_out(ev: dict[str, Any]) -> dict[str, Any]:

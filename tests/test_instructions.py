@@ -102,7 +102,8 @@ def test_length_bounds_are_parameters():
 
 def test_instance_filters():
     assert instance_problem("kite", "") == "empty_output"
-    assert instance_problem("Kite", "kite") == "output_repeats_input"
+    assert instance_problem("kite ", "kite") == "output_repeats_input"
+    assert instance_problem("kite", "KITE") is None  # an upper-casing task's right answer
     assert instance_problem("", "kite") is None
     assert instance_problem("a", " ".join(["w"] * 151)) == "output_too_long"
     pairs = [("a", "1"), ("A ", "1"), ("b", "2"), ("b", "3"), ("c", "4")]

@@ -212,7 +212,7 @@ def instance_problem(inp: str, out: str, *, max_words: int = 150) -> str | None:
         return "empty_output"
     if word_count(o) > max_words:
         return "output_too_long"
-    if inp.strip() and o.lower() == inp.strip().lower():
+    if inp.strip() and o == inp.strip():  # exactly: "KITE" for "kite" is the answer of an upper-casing task
         return "output_repeats_input"
     return None
 
