@@ -127,8 +127,9 @@ def ablation_plot(df: pd.DataFrame, param: str, metrics: list[str], colors: dict
     for ax, (metric, pts) in zip(flat, curves.items()):
         for line, g in pts.groupby("line", sort=True):
             c = colors.get(str(g["arm"].iloc[0]))
-            ax.errorbar(g["x"], g["mean"], yerr=g["ci95"].fillna(0).to_numpy(), color=c, marker="o", ms=4,
-                        capsize=3, lw=1.4, label=str(line))
+            ax.plot(g["x"], g["mean"], color=c, marker="o", ms=4, lw=1.4, label=str(line))
+            if g["ci95"].notna().any():
+                ax.errorbar(g["x"], g["mean"], yerr=g["ci95"].fillna(0).to_numpy(), color=c, fmt="none", capsize=3)
             if g["baseline"].notna().any():
                 any_base = True
                 ax.plot(g["x"], g["baseline"], color=c, ls="--", marker="o", mfc="none", ms=4, lw=1.0,
