@@ -8,9 +8,11 @@ then supervised fine-tuning of a smaller student on it, in Alpaca's prompt forma
 What Alpaca does, and how it differs from Self-Instruct (``methods/self_instruct.py``, whose
 stages and filters it reuses):
 
-* the **teacher** (Alpaca: text-davinci-003) writes the instructions and instances; the
-  **student** (Alpaca: LLaMA 7B) is the model fine-tuned: a distillation, so the two must
-  differ (``method.teacher`` is required; ``method.student`` defaults to ``model=``);
+* the **teacher** (Alpaca: text-davinci-003, the default, since retired: name yours) writes the
+  instructions and instances; the **student** (Alpaca: LLaMA 7B) is the model fine-tuned: a
+  distillation, so the two must differ (``method.student`` defaults to ``model=``, which is
+  also the pipeline's starting point and is built if it is a world base: set ``model=`` to the
+  student rather than leave it to the world's default base);
 * no classification / non-classification split: every instruction gets its instance
   input-first, **one instance per instruction** (Alpaca: 52K instructions, 52K instances from
   the 175 Self-Instruct seed tasks); ROUGE-L < 0.7 and the keyword / length filters still apply;
@@ -37,13 +39,14 @@ from typing import Any, Literal
 from harness.core.config import MAX_COUNT, MAX_TOKENS, ranged
 from harness.core.contract import DataKind, Paper, register_method, suggest_lr
 from methods.self_instruct import bootstrap, held_out, report_markdown, seed_records, seeds_rows
+from methods.sft import SFT
 
 
 @dataclass
 class AlpacaConfig:
     #: the model that writes the data: a local model (<world>:<size>, a run dir, a model dir) or
-    #: openai:<model> at reward.judge_base_url (Alpaca used text-davinci-003); required
-    teacher: str | None = None
+    #: openai:<model> at reward.judge_base_url; default: Alpaca's own teacher (since retired by OpenAI: name yours)
+    teacher: str = "openai:text-davinci-003"
     #: the model fine-tuned on the teacher's data; None: model=
     student: str | None = None
     #: seed tasks (jsonl of {instruction, input, output}); None: the data world's
@@ -85,9 +88,9 @@ class AlpacaConfig:
             raise ValueError("seed_in_context + generated_in_context is 0: a prompt needs at least one example task")
         if self.seed_tasks is not None and not Path(self.seed_tasks).expanduser().is_file():
             raise ValueError(f"seed_tasks {self.seed_tasks!r} is not a file (a jsonl of instruction/input/output rows)")
-        if not self.teacher:
-            raise ValueError("teacher is required: the model that writes the data (a local model or openai:<model>; "
-                             "Alpaca used text-davinci-003)")
+        if not self.teacher.strip():
+            raise ValueError("teacher is empty: name the model that writes the data (a local model or "
+                             "openai:<model>; Alpaca used text-davinci-003)")
         if self.student is not None and self.teacher == self.student:
             raise ValueError(f"teacher and student are both {self.teacher!r}: Alpaca distils a teacher into a "
                              "different student (for a model writing its own data use method=self-instruct)")
@@ -107,9 +110,15 @@ class Alpaca:
     def search_space(self, trial: Any) -> dict[str, Any]:
         return suggest_lr(trial, 1e-5, 3e-3)
 
+    def objective(self, hp: Any, policy: Any, reference: Any, norm: Any) -> Any:
+        """The train stage's objective: SFT's completion-only NLL (the stage runs ``method=sft``)."""
+        return SFT().objective(hp, policy, reference, norm)
+
     def pipeline(self, hp: AlpacaConfig, ctx: Any) -> Any:
         student = ctx.model_ref(hp.student)
         teacher = ctx.model_ref(hp.teacher)
+        if hasattr(teacher, "check"):
+            teacher.check()  # an endpoint without its API key fails now, not after the first stages
         if getattr(teacher, "path", None) == student.path:
             raise ValueError(f"method.teacher {hp.teacher!r} is the student ({student.path}); Alpaca needs a teacher "
                              "other than the model it fine-tunes")

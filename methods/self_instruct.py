@@ -79,6 +79,7 @@ from harness.core.instructions import (
     parse_labels,
     parse_yes_no,
 )
+from methods.sft import SFT
 
 #: reasons an instruction is filtered, in the order they are checked (instruction_problem, then the pool)
 INSTRUCTION_REASONS = ("empty", "too_short", "too_long", "keyword", "write_a_program", "starts_with_punctuation",
@@ -601,6 +602,10 @@ class SelfInstruct:
 
     def search_space(self, trial: Any) -> dict[str, Any]:
         return suggest_lr(trial, 1e-5, 3e-3)
+
+    def objective(self, hp: Any, policy: Any, reference: Any, norm: Any) -> Any:
+        """The train stage's objective: SFT's completion-only NLL (the stage runs ``method=sft``)."""
+        return SFT().objective(hp, policy, reference, norm)
 
     def pipeline(self, hp: SelfInstructConfig, ctx: Any) -> Any:
         generator = ctx.model_ref(hp.generator)

@@ -239,7 +239,8 @@ def test_alpaca_distils_an_endpoint_teacher_into_the_student_in_alpacas_format(t
 
 
 def test_alpaca_needs_a_teacher_other_than_the_student():
-    with pytest.raises(ConfigError, match="method.teacher is required: the model that writes the data"):
-        load_spec(None, ["method=alpaca"])
+    assert load_spec(None, ["method=alpaca"]).method.hp.teacher == "openai:text-davinci-003"  # the paper's
+    with pytest.raises(ConfigError, match="method.teacher is empty"):
+        load_spec(None, ["method=alpaca", "method.teacher= "])
     with pytest.raises(ConfigError, match="teacher and student are both 'm'"):
         load_spec(None, ["method=alpaca", "method.teacher=m", "method.student=m"])
