@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from harness.core.config import MAX_COUNT, MAX_TOKENS, ranged
 from harness.core.contract import DataKind, Paper, register_method, suggest_lr
-from methods.self_instruct import bootstrap, held_out, report_markdown, seed_records, seeds_rows
+from methods.self_instruct import bootstrap, held_out, report_markdown, seed_records, seed_summary, seeds_rows
 from methods.sft import SFT
 
 
@@ -137,7 +137,8 @@ class Alpaca:
             scores["student SFT on seeds only"] = held_out(control.eval)
         scores["Alpaca student"] = held_out(model.eval)
         ctx.record_round(1, model, data=stats, control=held_out(control.eval) if control else None)
-        header = [f"Teacher: {hp.teacher}; student: {hp.student or ctx.start.path}; prompt format: {hp.prompt_format}; "
+        header = [f"Teacher: {hp.teacher}; student: {hp.student or ctx.start.path}; seeds: {seed_summary(seeds)}; "
+                  f"prompt format: {hp.prompt_format}; "
                   f"rounds run: {stats['rounds_run']} of at most {hp.rounds}; target: {hp.target} instructions.",
                   f"Student fine-tuned with the run's train settings ({model.run_dir}); control: the same on the seed "
                   f"tasks alone ({control.run_dir if control else 'not run'})."]

@@ -552,6 +552,11 @@ def seeds_rows(ctx: Any, seed_tasks: str | None) -> Any:
     return ctx.transform("seeds", load_seeds, path=str(path), digest=file_digest(str(path)))
 
 
+def seed_summary(seeds: Any) -> str:
+    st = json.loads((seeds.path.parent / "summary.json").read_text())["stats"]
+    return f"{st['n_seeds']} tasks ({st['n_classification']} classification) from {st['file']}"
+
+
 def held_out(ev: dict[str, Any]) -> dict[str, Any]:
     return {"overall": ev.get("gold_reward_mean"), **(ev.get("gold_reward_by_group") or {})}
 
@@ -622,7 +627,7 @@ class SelfInstruct:
         scores["Self-Instruct SFT"] = held_out(model.eval)
         ctx.record_round(1, model, data=stats, control=held_out(control.eval) if control else None)
         gen_name = hp.generator or "the policy itself"
-        header = [f"Generator: {gen_name}; seeds: {json.loads((seeds.path.parent / 'summary.json').read_text())['stats']}; "
+        header = [f"Generator: {gen_name}; seeds: {seed_summary(seeds)}; "
                   f"rounds run: {stats['rounds_run']} of at most {hp.rounds}; target: {hp.target} instructions.",
                   f"Fine-tuned: {ctx.start.path} with the run's train settings on the kept instances "
                   f"({model.run_dir}); control: the same on the seed tasks alone "

@@ -16,7 +16,8 @@ version, seed and ``data.toy_size`` (``<cache>/worlds/toy-instruct/v<version>-<k
 * ``constitution.yaml`` (Constitutional AI principles, :meth:`InstructWorld.constitution_path`);
 * ``tokenizer/`` (byte-level BPE, 1024 tokens, the worlds' chat template);
 * ``lm_eval_tasks-v<version>/``: one lm-eval task per cluster and kind (``toyinstr_<cluster>_gen``
-  / ``_mc``) and the groups ``toyinstr_{heldout,seen}_{gen,mc}``;
+  / ``_mc``) and the groups ``toyinstr_{heldout,seen}_{gen,mc}`` (few-shot per cluster:
+  ``eval.lm_eval_num_fewshot=k``, lm-eval drawing the exemplars from the task's other items);
 * ``base-<size>-<key>/``: base models, SFT-trained by ``harness.training.runner.ensure_base_model``.
 
 The gold scorer recognises every prompt the world wrote (train, eval, red-team, lm-eval
