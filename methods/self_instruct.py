@@ -152,7 +152,8 @@ def file_digest(path: str) -> str:
 
 def load_seeds(*, path: str, digest: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The seed tasks of a jsonl file, checked row by row (every bad line named at once)."""
-    rows, bad = [], []
+    rows: list[dict[str, Any]] = []
+    bad: list[str] = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -401,7 +402,8 @@ def collect_data(*stages: list[dict[str, Any]], n_filter: int, target: int,
     for r in inst:
         by_ins.setdefault(r["instruction"], []).append(r)
     order = [r for r in candidates if r["kept"]]
-    data_ins, no_instance, beyond = [], 0, 0
+    data_ins: list[dict[str, Any]] = []
+    no_instance = beyond = 0
     for r in order:
         if not any(x["kept"] for x in by_ins.get(r["instruction"], [])):
             no_instance += 1

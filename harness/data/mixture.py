@@ -150,7 +150,9 @@ def resolve_clusters(catalog: TaskCatalog, clusters: int | list[str] | None) -> 
     order = tuple(catalog.train_clusters)
     if clusters is None:
         return order
-    if isinstance(clusters, int) and not isinstance(clusters, bool):
+    if isinstance(clusters, bool):
+        raise MixtureError(f"data.mixture.clusters={clusters}: give a number of clusters or a list of names")
+    if isinstance(clusters, int):
         if not 1 <= clusters <= len(order):
             raise MixtureError(f"data.mixture.clusters={clusters}: the catalog has {len(order)} training clusters "
                                f"({', '.join(order)}); use 1..{len(order)} or a list of names")
