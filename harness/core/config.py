@@ -124,6 +124,40 @@ class ModelSpec:
 
 
 @dataclass
+class MixtureSpec:
+    """A FLAN-style multi-task mixture, for ``data=flan:<world>`` (``harness.data.mixture``)."""
+
+    #: training clusters to mix: N = the first N in the world's fixed order, or a list of
+    #: cluster names; None: every training cluster (held-out clusters are never mixed)
+    clusters: int | list[str] | None = ranged(None, ge=1, le=MAX_COUNT)
+    #: examples-proportional mixing's per-task cap K (T5; FLAN uses 3,000): a task's share is
+    #: min(its training items, K) over the sum of those; without data.mixture.size it gets exactly that many rows
+    cap: int = ranged(3000, ge=1, le=MAX_COUNT)
+    #: explicit mixing instead: weight per cluster (shared by its tasks) or per task, covering
+    #: every cluster of the mixture; None: examples-proportional
+    weights: dict[str, float] | None = None
+    #: rows in the mixture; None: the examples-proportional total (sum over tasks of min(items, cap))
+    size: int | None = ranged(None, ge=1, le=MAX_COUNT)
+    #: solved exemplars shown before the query in a few-shot (fs) row
+    fs_k: int = ranged(2, ge=1, le=64)
+    #: seed of the mixture's draws (items, templates, exemplars, order); independent of the run's
+    #: seed, so every seed of a sweep trains on the same mixture
+    seed: int = ranged(0, ge=0, le=MAX_SEED)
+
+    def validate(self) -> None:
+        if isinstance(self.clusters, list) and not self.clusters:
+            raise ValueError("clusters is an empty list; name at least one cluster, or give a number")
+        if self.weights is not None:
+            if not self.weights:
+                raise ValueError("weights is empty; give a weight per cluster or task, or leave it unset")
+            for name, w in self.weights.items():
+                if not isinstance(name, str) or not name:
+                    raise ValueError(f"weights: {name!r} is not a cluster or task name")
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                    raise ValueError(f"weights.{name} must be a finite number >= 0, got {_short(w)}")
+
+
+@dataclass
 class DataSpec:
     """Training data: where it comes from, its format, how much of it, and what is held out."""
 
@@ -145,6 +179,11 @@ class DataSpec:
     desirable_fraction: float = ranged(0.5, gt=0, lt=1)
     #: built-in worlds: number of examples generated per split
     toy_size: int = ranged(2048, ge=1, le=1_000_000)
+    #: flan mixtures: template kinds joined by '+': zs (zero-shot), fs (few-shot, data.mixture.fs_k
+    #: exemplars), opt (answer options listed), cot (rationale then answer, tasks with rationales)
+    templates: str = "zs"
+    #: flan mixtures (data=flan:<world>): clusters, per-task cap or weights, size
+    mixture: MixtureSpec = field(default_factory=MixtureSpec)
 
 
 @dataclass

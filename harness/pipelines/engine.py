@@ -34,7 +34,7 @@ from harness.core.config import RunSpec, merge_raw, resolve, spec_to_dict
 from harness.modeling.endpoint import Endpoint, chat_complete
 from harness.modeling.generation import SamplingParams, generate, load_causal_lm
 from harness.store.cache import content_key
-from harness.store.runs import Run, atomic_write_json, read_jsonl
+from harness.store.runs import Run, atomic_write_json, atomic_write_text, read_jsonl
 from harness.training.runner import execute
 from harness.worlds.base import spec_world
 
@@ -288,6 +288,32 @@ class PipelineContext:
         if model.run_dir is not None:
             entry.update({"stage": model.run_dir.name, "run": str(model.run_dir), "eval": model.eval})
         entry.update(extra)
+
+    # ---- named models and reports (data recipes: Self-Instruct, Alpaca)
+
+    def model_ref(self, name: str | None) -> Model | Endpoint:
+        """A model a method's hyperparameters name (a generator, a teacher, a student): None -> the
+        pipeline's starting model; ``openai:<model>`` -> :meth:`endpoint`; a world base model
+        (``<world>:<size>``, built if needed), a run directory or a model directory / hub id -> a
+        :class:`Model` usable by :meth:`generate` and :meth:`train`."""
+        if name is None:
+            return self.start
+        if name.startswith("openai:"):
+            return self.endpoint(name)
+        from harness.modeling.generation import resolve_model_dir
+        from harness.training.runner import ensure_model
+        from harness.worlds.base import world_options
+
+        path = resolve_model_dir(str(ensure_model(name, world_options(self.spec.data)) or name))
+        return Model(path, content_key({"model": path}, 16))
+
+    def write_report(self, name: str, data: dict[str, Any], markdown: str) -> Path:
+        """``<pipeline run>/<name>.json`` and ``<name>.md``: a method's own account of its run (data
+        statistics, comparisons), written atomically; returns the Markdown file's path."""
+        atomic_write_json(self.run.path / f"{name}.json", data)
+        md = self.run.path / f"{name}.md"
+        atomic_write_text(md, markdown)
+        return md
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -154,7 +154,9 @@ def _resolve_metric(df: pd.DataFrame, name: str | None) -> str | None:
     if not name or not isinstance(name, str):
         return None
     stripped = re.sub(r"^(eval[./])", "", name)
-    for cand in (name, stripped, f"last/{name}", f"last/{stripped}", f"summary/{name}"):
+    # a sweep objective is a dotted path into summary.json (eval.gold_reward_by_group.heldout); the
+    # results table flattens nested sections with "/" (gold_reward_by_group/heldout)
+    for cand in (name, stripped, f"last/{name}", f"last/{stripped}", f"summary/{name}", stripped.replace(".", "/")):
         if cand in df.columns and numeric(df, cand).notna().any():
             return cand
     return None

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.reporting.ablation import ablation_parts
 from harness.reporting.leaderboard import first_value, keyed, leaderboard
 from harness.reporting.plots import Plot, curves_plot, frontier_plot, method_colors, winrate_plot
 from harness.reporting.results import results_table
@@ -113,6 +114,16 @@ def build_sections(df: pd.DataFrame, root: Path, objective: str | None = None,
         else:
             plots.plots.append(plot)
     sections.append(plots)
+    try:
+        a_plots, a_tables, a_notes = ablation_parts(df, colors, objective, direction)
+    except Exception as e:  # one broken plot must not take the report down
+        a_plots, a_tables, a_notes = [], [], [f"ablation section failed: {type(e).__name__}: {e}"]
+    if a_plots or a_notes:
+        sections.append(Section("Ablation: score against each swept parameter", text=[
+            "Every completed configuration of every arm (the leaderboard above keeps each arm's best one): the "
+            "objective, and the other coarse groups of its per-group score, against each spec field an arm "
+            "varies; mean over seeds with 95% intervals; dashed lines are the runs' starting model on the same "
+            "prompts."], tables=a_tables, plots=a_plots, notes=a_notes))
     sections.append(_optuna_section(df, root, colors))
     cost = Section("Cost", text=["Best configuration per method: mean per run. Sweep totals: all its trials."])
     if not board.empty:

@@ -27,6 +27,9 @@ runs name its storage (``sweep_storage`` / ``study_name``).  The report has:
   the best trials' training curves (one panel per method: objectives differ in scale),
   Optuna's optimisation history and hyperparameter importances per method (greyed when
   they rest on fewer than ``studies.MIN_IMPORTANCE_TRIALS`` trials);
+- ablation curves (``ablation``): the objective against each parameter a sweep varies within an
+  arm (FLAN's held-out score against the number of clusters or model size), one line per arm,
+  the runs' starting model dashed, with a table of every point;
 - cost (wall time, tokens/s, peak memory, trainable parameters, GPU-hours) and provenance
   (model, data, judge, package versions, git sha, hardware, dates).
 

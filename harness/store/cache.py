@@ -14,6 +14,7 @@ kind             contents                                               written 
 ``tokenized``    tokenised examples of a data source                    ``harness.training``
 ``eval-baseline`` the baseline model's evaluation samples               ``harness.evaluation``
 ``judgements``   one pairwise judgement per file                        ``harness.evaluation``
+``mixtures``     FLAN mixtures' rows and mixture.json                   ``harness.data.mixture``
 ===============  =====================================================  ====================
 
 Entries are written to a temporary file and renamed into place, so a killed process never

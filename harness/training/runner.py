@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
-from harness.core.config import ConfigError, RunSpec, load_spec, spec_to_dict
+from harness.core.config import ConfigError, DataSpec, RunSpec, load_spec, spec_to_dict, to_dict
 from harness.core.contract import METHODS, SEGMENTS, DataKind, MethodAdapter, load_methods
+from harness.data import mixture as mixtures
 from harness.data.batching import fingerprint, tokenize_cached
 from harness.modeling import peft_setup
 from harness.modeling.forward import ForwardOptions, configure
@@ -56,6 +57,7 @@ from harness.worlds.base import (
     get_world,
     is_world,
     parse_model_name,
+    source_world,
     world_options,
 )
 
@@ -93,6 +95,8 @@ class Prepared:
     total_steps: int = 0
     #: the normalised training records (online methods read their prompts)
     train_records: list[dict[str, Any]] = field(default_factory=list)
+    #: data=flan:<world>: the resolved mixture (mixture.json) plus the rows this run trains on
+    mixture: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- worlds' base models
@@ -162,8 +166,12 @@ def default_model(spec: RunSpec) -> str:
     """``model.name_or_path``, or the data world's default base model when it is not set."""
     if spec.model.name_or_path:
         return spec.model.name_or_path
-    if is_world(spec.data.source) and get_world(spec.data.source).base_models:
-        return spec.data.source
+    try:
+        world = source_world(spec.data.source)
+    except WorldError as e:
+        raise SpecError(str(e)) from None
+    if world is not None and get_world(world).base_models:
+        return world
     raise SpecError(f"model.name_or_path: data={spec.data.source!r} has no base model of its own; name one with model=...")
 
 
@@ -174,9 +182,72 @@ def resolve_model_path(spec: RunSpec) -> str:
 
 
 def resolve_data_source(spec: RunSpec, kind: DataKind) -> str:
+    """The file or hub id a run's data loads from: a world's split for its data kind, a FLAN
+    mixture's rows (built and cached on first use), or ``data.source`` itself."""
+    if mixtures.parse_source(spec.data.source) is not None:
+        return str(flan_mixture(spec).path)
     if not is_world(spec.data.source):
         return spec.data.source
     return str(get_world(spec.data.source, world_options(spec.data)).data_path(kind))
+
+
+# --------------------------------------------------------------------------- data recipes (flan:<world>)
+
+
+def recipe_catalog(spec: RunSpec) -> Any:
+    """The task catalog behind ``data=flan:<world>``; a :class:`SpecError` when the world has none."""
+    try:
+        name = source_world(spec.data.source)
+    except (WorldError, mixtures.MixtureError) as e:
+        raise SpecError(str(e)) from None
+    world = get_world(name, world_options(spec.data)) if name is not None else None
+    make = getattr(world, "task_catalog", None)
+    if not callable(make):
+        from harness.worlds.base import WORLDS, load_worlds
+
+        load_worlds()
+        able = [w for w in WORLDS.names() if callable(getattr(WORLDS.get(w), "task_catalog", None))]
+        raise SpecError(
+            f"data.source={spec.data.source!r}: world {name!r} defines no task catalog (tasks in clusters with "
+            f"instruction templates), so it cannot make a FLAN mixture; worlds that can: {', '.join(able) or 'none'}")
+    return make()
+
+
+def check_recipe(spec: RunSpec, adapter: MethodAdapter) -> None:
+    """Before any model loads: a ``flan:`` source names a world with a task catalog, feeds a method
+    that trains on SFT rows directly, and its clusters / templates / weights resolve; ``data.mixture``
+    and ``data.templates`` are not set for any other source (they would be ignored)."""
+    recipe = mixtures.parse_source(spec.data.source) if spec.data.source else None
+    if recipe is None:
+        defaults = DataSpec()
+        changed = [f"data.mixture.{k}" for k, v in to_dict(spec.data.mixture).items() if v != to_dict(defaults.mixture)[k]]
+        changed += ["data.templates"] if spec.data.templates != defaults.templates else []
+        # a pipeline's train stage inherits its pipeline's data section with a file as its source
+        if changed and "stage" not in spec.tags:
+            raise SpecError(f"{', '.join(changed)}: set for data={spec.data.source!r}, but only a FLAN mixture "
+                            f"(data={mixtures.RECIPES[0]}:<world>) reads them")
+        return
+    if callable(getattr(adapter, "pipeline", None)):
+        raise SpecError(f"data={spec.data.source!r}: method {adapter.name!r} is a pipeline, which reads its world's "
+                        f"own splits, not a mixture; use data={recipe.world} (or a mixture with method=sft)")
+    if adapter.data_kind != DataKind.SFT:
+        raise SpecError(f"data={spec.data.source!r}: a FLAN mixture is SFT data (prompt/completion rows), but method "
+                        f"{adapter.name!r} trains on {adapter.data_kind.value} data")
+    if spec.data.split != "train" or spec.data.eval_split is not None or spec.data.format not in (None, "sft"):
+        raise SpecError(f"data={spec.data.source!r}: a mixture is one split of prompt/completion rows; leave "
+                        "data.split, data.eval_split and data.format unset (data.eval_fraction holds rows out)")
+    try:
+        mixtures.resolve(recipe_catalog(spec), spec.data)
+    except mixtures.MixtureError as e:
+        raise SpecError(str(e)) from None
+
+
+def flan_mixture(spec: RunSpec) -> mixtures.Mixture:
+    """The mixture ``data=flan:<world>`` asks for (built once per content key, then read from the cache)."""
+    try:
+        return mixtures.build(recipe_catalog(spec), spec.data, spec.data.source)
+    except mixtures.MixtureError as e:
+        raise SpecError(str(e)) from None
 
 
 LOCAL_SUFFIXES = {".json", ".jsonl", ".parquet", ".csv", ".yaml", ".yml", ".safetensors", ".bin", ".arrow"}
@@ -205,6 +276,7 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
         except WorldError as e:
             raise SpecError(f"{section}.{key}: {e}") from None
     spec.model.name_or_path = default_model(spec)
+    check_recipe(spec, adapter)
     # also a TrainSpec rule at parse time; a spec changed after parsing arrives here unchecked
     if spec.train.max_prompt_length >= spec.train.max_length:
         raise SpecError(
@@ -217,7 +289,8 @@ def check_spec(spec: RunSpec) -> MethodAdapter:
 
         # a bad eval section must not cost a training run; local prompt files are read now
         prompts = spec.eval.prompts or spec.eval.world or spec.data.source
-        check_eval_spec(spec, load_prompts=is_world(prompts) or looks_local(prompts))
+        check_eval_spec(spec, load_prompts=is_world(prompts) or looks_local(prompts)
+                        or (spec.eval.prompts is None and mixtures.parse_source(prompts) is not None))
     if spec.model.reference and not adapter.needs_reference:
         raise SpecError(f"model.reference is set but method {adapter.name!r} uses no reference model")
     if is_online(adapter):
@@ -377,12 +450,15 @@ def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
         for label, name in (("eval.baseline", spec.eval.baseline), ("eval.reward_model", spec.eval.reward_model)):
             if name and parse_model_name(name) is None and not Path(name).expanduser().exists():
                 check_model_source(label, name, spec, positions=False)
-    source = resolve_data_source(spec, kind)
+    mixture = flan_mixture(spec) if mixtures.parse_source(spec.data.source) is not None else None
+    source = str(mixture.path) if mixture is not None else resolve_data_source(spec, kind)
     # data first: a malformed row should stop the run before any model loads
     loaded = load_records(source, spec.data.split, kind, fmt=spec.data.format, max_samples=spec.data.max_samples,
                           skip_bad_rows=spec.data.skip_bad_rows, hint_skip=SKIP_HINT)
     records = loaded.records
     skipped = list(loaded.skipped)
+    train_idx: list[int] = list(range(len(records)))
+    eval_idx: list[int] = []
     if spec.data.eval_split is not None:
         held = load_records(source, spec.data.eval_split, kind, fmt=spec.data.format,
                             skip_bad_rows=spec.data.skip_bad_rows, hint_skip=SKIP_HINT)
@@ -393,8 +469,10 @@ def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
         n_eval = int(len(records) * spec.data.eval_fraction)
         g = torch.Generator().manual_seed(1234)
         perm = torch.randperm(len(records), generator=g).tolist()
-        eval_records = [records[i] for i in perm[:n_eval]]
-        records = [records[i] for i in sorted(perm[n_eval:])]
+        eval_idx, train_idx = perm[:n_eval], sorted(perm[n_eval:])
+        eval_records = [records[i] for i in eval_idx]
+        records = [records[i] for i in train_idx]
+    mixture_info = _mixture_used(mixture, loaded.records, train_idx, eval_idx) if mixture is not None else None
     total = check_work(spec, len(records), len(eval_records))
     tok = AutoTokenizer.from_pretrained(model_path, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code)
     if tok.pad_token_id is None:
@@ -404,7 +482,20 @@ def prepare(spec: RunSpec, adapter: MethodAdapter | None = None) -> Prepared:
     train_ex = tokenize_cached(records, tok, kind, t.max_length, t.max_prompt_length, tok_cache)
     eval_ex = tokenize_cached(eval_records, tok, kind, t.max_length, t.max_prompt_length, tok_cache)
     return Prepared(adapter, model_path, ref, tok, train_ex, eval_ex, loaded.source, len(skipped),
-                    skipped=skipped, total_steps=total, train_records=records)
+                    skipped=skipped, total_steps=total, train_records=records, mixture=mixture_info)
+
+
+def _mixture_used(mixture: mixtures.Mixture, records: list[dict[str, Any]], train_idx: list[int],
+                  eval_idx: list[int]) -> dict[str, Any]:
+    """mixture.json plus the rows this run trains on and holds out, counted per task and template
+    from the mixture's own rows (records are its rows in order: one record per row, none skipped)."""
+    rows = mixture.rows()[: len(records)]  # data.max_samples keeps the first N
+    if len(rows) != len(records) or any(r["prompt"] != rec["prompt"][-1]["content"] for r, rec in zip(rows, records)):
+        raise RuntimeError(f"{mixture.path}: the loaded records are not the mixture's rows in order; "
+                           "the mixture and what the run trains on would differ")
+    return {**mixture.info, "file": str(mixture.path),
+            "train_rows": mixtures.counts_of([rows[i] for i in train_idx]), "n_train_rows": len(train_idx),
+            "eval_loss_rows": mixtures.counts_of([rows[i] for i in eval_idx]), "n_eval_loss_rows": len(eval_idx)}
 
 
 def load_model(path: str, spec: RunSpec, model_kind: str, pad_id: int, with_peft: bool = True) -> Any:
@@ -719,6 +810,8 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
             prep = prepare(spec, adapter)
             if prep.skipped:
                 atomic_write_text(run.path / "skipped_rows.jsonl", "".join(json.dumps(r) + "\n" for r in prep.skipped))
+            if prep.mixture is not None and main:
+                atomic_write_text(run.path / "mixture.json", json.dumps(prep.mixture, indent=1) + "\n")
             accelerator = make_accelerator(spec)
             model = load_model(prep.model_path, spec, adapter.model_kind, prep.tokenizer.pad_token_id).to(accelerator.device)
             configure(model, ForwardOptions(spec.train.logprobs, spec.train.packing))
@@ -776,6 +869,11 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
                 "reference_cache": ref_info, "setup_time_s": timing.get("setup_time_s"),
                 "device": str(accelerator.device),
             }
+            if prep.mixture is not None:
+                m = prep.mixture
+                summary["mixture"] = {k: m[k] for k in ("source", "mixing", "clusters", "templates", "rows",
+                                                         "by_cluster", "by_template", "n_train_rows", "key")}
+                summary["mixture"]["details"] = "mixture.json"
             if resume is not None:
                 summary["resumed_from"] = str(resume)
             if result.stopped_early:

@@ -14,7 +14,11 @@ It provides, for a given ``(seed, size)``:
   per-group summaries of eval prompts (e.g. per task cluster, held-out clusters);
 - **lm-eval tasks** (a directory of task YAMLs and the default task names);
 - **base models**: named shapes and the SFT recipe this harness trains them with
-  (``<world>:<size>`` as ``model=``), built and cached by ``harness.training.runner.ensure_base_model``.
+  (``<world>:<size>`` as ``model=``), built and cached by ``harness.training.runner.ensure_base_model``;
+- optionally a **task catalog** (``task_catalog()``, a :class:`harness.data.mixture.TaskCatalog`:
+  tasks in clusters, template kinds, rendered rows), which makes ``data=flan:<world>`` a
+  FLAN-style mixture of the world's tasks; the world stays the run's world (its eval prompts,
+  scorers and base models), only the training rows are the mixture.
 
 The engine (data loading, training, evaluation, judges, lm-eval) only talks to this
 contract; no module outside ``harness/worlds`` names a particular world.  A hub or local
@@ -35,6 +39,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from harness.core.config import DataSpec, RunSpec
 from harness.core.contract import DataKind
 from harness.core.registry import Registry, RegistryError, did_you_mean
+from harness.data.mixture import parse_source
 from harness.store.cache import cache_dir, content_key
 
 #: the entry-point group through which installed packages add worlds
@@ -313,10 +318,24 @@ class DatasetWorld:
         raise WorldError(f"{self.source!r} is a dataset: it has no tokenizer of its own")
 
 
+def source_world(source: str) -> str | None:
+    """The built-in world a data source names: ``<world>`` or a recipe over one (``flan:<world>``);
+    None for a hub id or a path.  A recipe over something that is not a world is a :class:`WorldError`."""
+    recipe = parse_source(source)
+    if recipe is None:
+        return source if is_world(source) else None
+    if not is_world(recipe.world):
+        raise WorldError(f"data.source={source!r}: {recipe.world!r} is not a built-in world"
+                         f"{did_you_mean(recipe.world, WORLDS.names())}; choose from: {', '.join(WORLDS.names())}")
+    return recipe.world
+
+
 def world_for_source(source: str, options: WorldOptions | None = None) -> Any:
-    """The registered world ``source`` names, else a :class:`DatasetWorld` for a hub id / path."""
-    if is_world(source):
-        return get_world(source, options)
+    """The registered world ``source`` names (directly or under a recipe, ``flan:<world>``), else a
+    :class:`DatasetWorld` for a hub id / path."""
+    name = source_world(source)
+    if name is not None:
+        return get_world(name, options)
     return DatasetWorld(source, options or WorldOptions())
 
 

@@ -16,7 +16,8 @@ version, seed and ``data.toy_size`` (``<cache>/worlds/toy-instruct/v<version>-<k
 * ``constitution.yaml`` (Constitutional AI principles, :meth:`InstructWorld.constitution_path`);
 * ``tokenizer/`` (byte-level BPE, 1024 tokens, the worlds' chat template);
 * ``lm_eval_tasks-v<version>/``: one lm-eval task per cluster and kind (``toyinstr_<cluster>_gen``
-  / ``_mc``) and the groups ``toyinstr_{heldout,seen}_{gen,mc}``;
+  / ``_mc``) and the groups ``toyinstr_{heldout,seen}_{gen,mc}`` (few-shot per cluster:
+  ``eval.lm_eval_num_fewshot=k``, lm-eval drawing the exemplars from the task's other items);
 * ``base-<size>-<key>/``: base models, SFT-trained by ``harness.training.runner.ensure_base_model``.
 
 The gold scorer recognises every prompt the world wrote (train, eval, red-team, lm-eval
@@ -27,13 +28,14 @@ red-team prompt; any other prompt is an error, never a silent 0.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from harness.core.contract import DataKind
+from harness.data.mixture import CatalogTask
 from harness.store.cache import build_dir
 from harness.worlds import instruct_content as ic
 from harness.worlds._common import build_tokenizer, read_jsonl, write_jsonl
@@ -188,6 +190,68 @@ TINY_RECIPE = {"lr": 3e-3, "max_steps": 60, "batch_size": 32, "schedule": "cosin
 BASE_RECIPE = {"lr": 1.5e-3, "epochs": 6, "batch_size": 16, "schedule": "cosine", "warmup_ratio": 0.03}
 
 
+# --------------------------------------------------------------------------- task catalog (FLAN mixtures)
+
+#: template kinds of the content, as ``data.templates`` names them
+TEMPLATE_KINDS = {
+    "zs": "zero-shot instruction",
+    "fs": "few-shot: data.mixture.fs_k solved exemplars of the task, then the query",
+    "opt": "the answer options listed (FLAN's OPTIONS suffix); tasks with options",
+    "cot": "target = rationale, then 'So the answer is X.'; tasks with rationales (arithmetic, comparison, counting)",
+}
+
+
+class InstructCatalog:
+    """The content's tasks as a :class:`harness.data.mixture.TaskCatalog`, for ``data=flan:toy-instruct``.
+
+    ``data.mixture.clusters=N`` takes the first N training clusters in the content's order
+    (``instruct_content.TRAIN_CLUSTERS``): sentiment, topic, extraction, transform, arithmetic,
+    comparison, counting, format, closed_book, word_relations, generation, chat.  The held-out
+    clusters (sorting, entailment, reading, categorize) are never mixed.  Rows are rendered
+    from the tasks' TRAIN items (the fixed split: never an eval item) exactly like the world's
+    ``sft`` split renders them; a few-shot row's exemplars are other train items of the same
+    task (fewer than ``fs_k`` only where the task has fewer other items; ``n_shots`` says how
+    many).  Note the world's base models were SFT-trained on its ``sft`` split, which mixes all
+    twelve training clusters: a mixture of fewer clusters continues training a model that has
+    seen the others.
+    """
+
+    identity = f"toy-instruct@{VERSION}"
+    template_kinds = TEMPLATE_KINDS
+    train_clusters = ic.TRAIN_CLUSTERS
+    heldout_clusters = ic.HELDOUT_CLUSTERS
+    tasks = tuple(CatalogTask(t.name, t.cluster, tuple(k for k in TEMPLATE_KINDS if t.templates_of(k)))
+                  for t in ic.TASKS.values())
+
+    def available(self, task: str, limit: int, seed: int) -> int:
+        return len(ic.items(task, "train", seed, limit))
+
+    def render(self, task: str, counts: Mapping[str, int], seed: int, fs_k: int) -> list[dict[str, Any]]:
+        t = ic.TASKS[task]
+        n = sum(counts.values())
+        if n == 0:
+            return []
+        pool = ic.items(task, "train", seed, n)
+        if not pool:
+            raise WorldError(f"task {task!r} has no training items")
+        exemplar_pool = ic.items(task, "train", seed, max(n, 64))
+        rng = random.Random(f"mixture/{task}/{seed}")
+        order = [pool[i % len(pool)] for i in range(n)]  # distinct items first, then repeats
+        kinds = [k for k, c in counts.items() for _ in range(c)]
+        rows = []
+        for item, kind in zip(order, kinds):
+            template = rng.choice(t.templates_of(kind))
+            exemplars: list[ic.Item] = []
+            if kind == "fs":
+                others = [x for x in exemplar_pool if x.uid != item.uid]
+                exemplars = rng.sample(others, min(fs_k, len(others)))
+            prompt, target = ic.render(item, template, exemplars)
+            rows.append({"prompt": prompt, "completion": target, "task": t.name, "cluster": t.cluster,
+                         "template": template.id, "template_kind": kind, "n_shots": len(exemplars),
+                         "uid": item.uid})
+        return rows
+
+
 # --------------------------------------------------------------------------- the world
 
 
@@ -280,6 +344,10 @@ class InstructWorld:
         rubric (a template with ``{instruction}`` and ``{response}``) and the constitution's path."""
         return {"judge_rubric": ic.JUDGE_RUBRIC, "constitution": str(self.constitution_path()),
                 "seed_tasks": str(self.seed_tasks_path())}
+
+    def task_catalog(self) -> InstructCatalog:
+        """Tasks, clusters and templates for FLAN mixtures (``data=flan:toy-instruct``; :class:`InstructCatalog`)."""
+        return InstructCatalog()
 
     def seed_tasks_path(self) -> Path:
         """Self-Instruct seed tasks (jsonl, the ``seed_tasks`` split)."""
@@ -403,12 +471,15 @@ class InstructWorld:
     def lm_eval_tasks(self) -> LMEvalTasks:
         """Per cluster ``toyinstr_<cluster>_gen`` (exact match; a lower bound on graded tasks)
         and ``_mc`` (acc) where the cluster has options, plus the groups
-        ``toyinstr_{heldout,seen}_{gen,mc}``.  Default: the held-out clusters' gen tasks and
-        :data:`DEFAULT_SEEN_LM_EVAL`'s (lm-eval time counts in every sweep trial)."""
+        ``toyinstr_{heldout,seen}_{gen,mc}``.  Default: the held-out clusters' gen tasks,
+        :data:`DEFAULT_SEEN_LM_EVAL`'s, and the ``toyinstr_heldout_mc`` group: FLAN scores
+        classification tasks by rank classification, which credits a model that prefers the
+        right option before it can generate it (lm-eval time counts in every sweep trial)."""
         seed = self.options.seed
         final = self.root / f"lm_eval_tasks-v{VERSION}"
         target = build_dir(final, lambda tmp: render_lm_eval_dir(tmp, final, seed))
         names = [n for n, _, _ in lm_eval_task_names(seed)]
         groups = [lm_eval_group_name(g, k) for g in LM_EVAL_GROUPS for k in ("gen", "mc")]
-        default = tuple(ic.lm_eval_task_name(c, "gen") for c in (*ic.HELDOUT_CLUSTERS, *DEFAULT_SEEN_LM_EVAL))
+        default = (*(ic.lm_eval_task_name(c, "gen") for c in (*ic.HELDOUT_CLUSTERS, *DEFAULT_SEEN_LM_EVAL)),
+                   lm_eval_group_name("heldout", "mc"))
         return LMEvalTasks(default=default, available=tuple(names + groups), include=target)
