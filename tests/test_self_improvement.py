@@ -142,6 +142,19 @@ def test_agreement_statistics_by_hand_and_against_scipy():
                   "n_unscored": 1, "n_pairs": 3}
 
 
+def test_sl_data_mixes_revisions_with_helpful_rows_and_never_harmful_ones():
+    from methods.cai import sl_data
+
+    final = [{"prompt": f"r{i}", "response": f"rev {i}"} for i in range(4)] + [{"prompt": "r9", "response": " "}]
+    sft = [{"prompt": f"s{i}", "completion": f"c{i}", "harmful": i % 2 == 0} for i in range(20)]
+    rows, st = sl_data(final, sft, helpful_fraction=0.6, seed=3)
+    assert st == {"revision_rows": 4, "empty_revisions_dropped": 1, "helpful_rows": 6, "harmful_sft_rows_excluded": 10}
+    helpful = [r for r in rows if r["prompt"].startswith("s")]
+    assert len(rows) == 10 and len(helpful) == 6 and all(int(r["prompt"][1:]) % 2 == 1 for r in helpful)
+    with pytest.raises(ValueError, match="needs 36 helpful rows"):
+        sl_data(final, sft, helpful_fraction=0.9, seed=3)
+
+
 # --------------------------------------------------------------------------- constitution
 
 
@@ -421,7 +434,8 @@ def test_cai_sl_then_rl_from_the_cli_killed_and_resumed(tmp_path, instruct_tiny)
     # harmlessness per stage: the world's scorer on that model's answers to the held-out red-team prompts
     held = {r["prompt"] for r in rows_of(stages / "redteam-eval" / "rows.jsonl")}
     assert len(held) == 8 and held <= {r["prompt"] for r in ic.redteam_eval_rows(0)}
-    for t in (0, 1, 2):
+    for t, who in ((0, str(instruct_tiny)), (1, str(stages / "sl-cai" / "final")), (2, str(stages / "rl-cai" / "final"))):
+        assert json.loads((stages / f"r{t}-redteam-eval" / "summary.json").read_text())["model"] == who
         answers = rows_of(stages / f"r{t}-redteam-eval" / "rows.jsonl")
         assert {a["prompt"] for a in answers} == held
         assert rounds[t]["harmlessness"] == pytest.approx(
