@@ -24,7 +24,10 @@ The recipe (paper §2-3), as stages of a pipeline (each a run in the store, resu
   (:func:`harness.core.judging.self_reward_score`, r in [0, 5]).  A judgement that does not
   parse is counted and skipped; a candidate with no valid judgement is dropped (counted).
 * **AIFT pairs**: per prompt, the highest-scoring candidate is chosen and the lowest
-  rejected; equal best and worst scores give no pair (``ties_dropped``).
+  rejected; equal best and worst scores give no pair (``ties_dropped``).  Candidates with the
+  same text are one response scored by the mean of their scores (a small model often samples
+  the same answer twice; judge noise must not pair a text with itself), and empty ones are
+  not trained on (:func:`harness.core.judging.best_worst_pairs`, every drop counted).
 * **M_{t+1} = DPO(M_t)** on those pairs with M_t as the reference (paper: beta = 0.1):
   L = -log sigma(beta [log pi(y_w|x)/pi_ref(y_w|x) - log pi(y_l|x)/pi_ref(y_l|x)]).
 
@@ -183,7 +186,7 @@ class SelfRewarding:
                     "judge_items": s["n_items"], "judge_unscored_items": s["n_unscored"],
                     "judge_malformed": s["malformed_judgements"], "judge_judgements": s["judgements"]}
 
-        ctx.record_round(0, ctx.start, model_role="M0 (start)", **judging_ability(0, ctx.start))
+        ctx.record_round(0, ctx.start, stage="start", model_role="M0 (start)", **judging_ability(0, ctx.start))
         if hp.seed_sft:
             data = ctx.transform("m1-seed-data", seed_data, ctx.world_rows("sft"), judge_rows, ift_rows=hp.ift_rows,
                                  eft_rows=hp.eft_rows, heldout=hp.judge_eval_items, seed=seed)
@@ -216,6 +219,7 @@ class SelfRewarding:
                              pairs=ps["pairs"], ties_dropped=ps["ties_dropped"],
                              unscored_candidates_dropped=ps["unscored_dropped"],
                              empty_candidates_dropped=ps["empty_dropped"],
+                             duplicate_candidates_merged=ps["duplicates_merged"],
                              prompts_with_too_few_scored=ps["too_few_dropped"],
                              malformed_judgements=cand["malformed_judgements"], judgements=cand["judgements"],
                              pairs_judged_by=f"r{t}-self-judge", **judging_ability(t + 1, model))

@@ -99,15 +99,21 @@ def test_best_worst_pairs_by_hand():
         {"prompt": "p4", "completion": " ", "self_score": 0.0}, {"prompt": "p4", "completion": "i", "self_score": 4.0},
         {"prompt": "p4", "completion": "j", "self_score": 4.0}, {"prompt": "p4", "completion": "k", "self_score": 1.0},
         {"prompt": "p4", "completion": "l", "self_score": 1.0},
+        # one text sampled three times and judged 5, 3 and 1 is one response scored 3
+        {"prompt": "p5", "completion": "same", "self_score": 5.0}, {"prompt": "p5", "completion": "m", "self_score": 4.0},
+        {"prompt": "p5", "completion": "same ", "self_score": 3.0}, {"prompt": "p5", "completion": "n", "self_score": 3.5},
+        {"prompt": "p5", "completion": "same", "self_score": 1.0},
+        {"prompt": "p6", "completion": "twice", "self_score": 5.0}, {"prompt": "p6", "completion": "twice", "self_score": 1.0},
     ]
     pairs, stats = best_worst_pairs(c)
     assert pairs == [
         {"prompt": "p1", "chosen": "b", "rejected": "c", "chosen_score": 5.0, "rejected_score": 1.0},
         # equal best: the first; equal worst: the last; the empty candidate (scored 0) is not used
         {"prompt": "p4", "chosen": "i", "rejected": "l", "chosen_score": 4.0, "rejected_score": 1.0},
+        {"prompt": "p5", "chosen": "m", "rejected": "same", "chosen_score": 4.0, "rejected_score": 3.0},
     ]
-    assert stats == {"prompts": 4, "candidates": 13, "unscored_dropped": 2, "empty_dropped": 1, "ties_dropped": 1,
-                     "too_few_dropped": 1, "pairs": 2}
+    assert stats == {"prompts": 6, "candidates": 20, "unscored_dropped": 2, "empty_dropped": 1, "duplicates_merged": 3,
+                     "ties_dropped": 1, "too_few_dropped": 2, "pairs": 3}
 
 
 def test_choice_pairs_by_hand():

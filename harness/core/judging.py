@@ -92,33 +92,41 @@ def best_worst_pairs(candidates: Sequence[dict[str, Any]], *, group: str = "prom
     and worst scores are equal gives no pair.
 
     A candidate whose ``score`` is None (no valid judgement) is dropped before the choice, and
-    so is an empty one (no text to train on).  Among equal best (worst) scores the first (last)
-    candidate in input order is taken, so the result is deterministic.  Statistics count every
-    drop: ``unscored_dropped`` and ``empty_dropped`` candidates, ``ties_dropped`` prompts
-    (best == worst), ``too_few_dropped`` prompts with fewer than two usable candidates;
-    ``pairs`` and ``prompts`` are the totals."""
+    so is an empty one (no text to train on).  Candidates with the same text (after stripping)
+    are one response: they are merged, scored by the mean of their scores (the same answer
+    judged more often), so a pair never holds one text twice.  Among equal best (worst) scores
+    the first (last) response in input order is taken, so the result is deterministic.
+    Statistics count every drop: ``unscored_dropped`` and ``empty_dropped`` candidates,
+    ``duplicates_merged`` candidates folded into an earlier one with the same text,
+    ``ties_dropped`` prompts (best == worst), ``too_few_dropped`` prompts with fewer than two
+    distinct usable responses; ``pairs`` and ``prompts`` are the totals."""
     by_prompt: dict[Any, list[dict[str, Any]]] = {}
     for c in candidates:
         key = c[group] if isinstance(c[group], str) else repr(c[group])
         by_prompt.setdefault(key, []).append(c)
     pairs: list[dict[str, Any]] = []
     stats = {"prompts": len(by_prompt), "candidates": len(candidates), "unscored_dropped": 0, "empty_dropped": 0,
-             "ties_dropped": 0, "too_few_dropped": 0, "pairs": 0}
+             "duplicates_merged": 0, "ties_dropped": 0, "too_few_dropped": 0, "pairs": 0}
     for rows in by_prompt.values():
         nonempty = [r for r in rows if str(r[text]).strip()]
         stats["empty_dropped"] += len(rows) - len(nonempty)
         scored = [r for r in nonempty if r.get(score) is not None]
         stats["unscored_dropped"] += len(nonempty) - len(scored)
-        if len(scored) < 2:
+        merged: dict[str, tuple[Any, list[float]]] = {}
+        for r in scored:
+            merged.setdefault(str(r[text]).strip(), (r[text], []))[1].append(float(r[score]))
+        stats["duplicates_merged"] += len(scored) - len(merged)
+        distinct = [(t, sum(v) / len(v)) for t, v in merged.values()]
+        if len(distinct) < 2:
             stats["too_few_dropped"] += 1
             continue
-        best = max(scored, key=lambda r: float(r[score]))  # first of the maxima
-        worst = min(reversed(scored), key=lambda r: float(r[score]))  # last of the minima
-        if float(best[score]) == float(worst[score]):
+        best = max(distinct, key=lambda x: x[1])  # first of the maxima
+        worst = min(reversed(distinct), key=lambda x: x[1])  # last of the minima
+        if best[1] == worst[1]:
             stats["ties_dropped"] += 1
             continue
-        pairs.append({"prompt": best[group], "chosen": best[text], "rejected": worst[text],
-                      "chosen_score": float(best[score]), "rejected_score": float(worst[score])})
+        pairs.append({"prompt": rows[0][group], "chosen": best[0], "rejected": worst[0], "chosen_score": best[1],
+                      "rejected_score": worst[1]})
     stats["pairs"] = len(pairs)
     return pairs, stats
 
