@@ -310,7 +310,7 @@ def test_choose_reads_option_probabilities_from_log_probs(tmp_path, instruct_tin
         for opt in ("(A)", "(B)"):  # an independent forward pass of prompt + option, one sequence at a time
             oids = tok(opt, add_special_tokens=False)["input_ids"]
             with torch.no_grad():
-                logits = lm(torch.tensor([pids + oids])).logits[0].log_softmax(-1)
+                logits = lm(torch.tensor([pids + oids], device=lm.device)).logits[0].float().log_softmax(-1)
             lps.append(sum(logits[len(pids) - 1 + j, t].item() for j, t in enumerate(oids)))
         assert r["option_logps"] == pytest.approx(lps, abs=1e-4)
         z = [math.exp(v - max(lps)) for v in lps]
