@@ -187,9 +187,10 @@ class PipelineContext:
         ``max_prompt_length`` tokens (None: ``train.max_prompt_length``; few-shot prompts need
         more).  One output row per (row, sample): the input row plus ``out_field``,
         ``input_index``, ``sample_index`` and ``n_tokens`` (None from an endpoint, which returns text)."""
+        limit = max_prompt_length or self.spec.train.max_prompt_length
         params = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, template=template,
                       prompt_field=prompt_field, out_field=out_field, seed=seed, max_rows=max_rows,
-                      max_prompt_length=max_prompt_length or self.spec.train.max_prompt_length)
+                      max_prompt_length=limit)
         done, key = self._stage(name, "generate", params, [model, prompts])
         if done is not None:
             return Rows(done.path / "rows.jsonl", key)
@@ -208,7 +209,7 @@ class PipelineContext:
             sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                 num_return_sequences=n, seed=seed)
             comps = generate(lm, tok, texts, sp, batch_size=self.spec.eval.batch_size,
-                             max_prompt_length=params["max_prompt_length"])
+                             max_prompt_length=limit)
             out = [{**rows[c.prompt_index], out_field: c.text, "input_index": c.prompt_index,
                     "sample_index": c.sample_index, "n_tokens": c.n_tokens} for c in comps]
         _write_rows(r.path / "rows.jsonl", out)
@@ -326,7 +327,8 @@ class PipelineContext:
         answers = self._sample(model, texts, n=n, temperature=temperature, top_p=top_p,
                                max_new_tokens=max_new_tokens, seed=seed,
                                max_prompt_length=None if isinstance(model, Endpoint) else limit)
-        out, malformed_examples = [], []
+        out: list[dict[str, Any]] = []
+        malformed_examples: list[str] = []
         for row, judged in zip(src, answers):
             mean, valid, bad = mean_judgement(judged, parse)
             if bad and len(malformed_examples) < 5:
@@ -387,7 +389,7 @@ class PipelineContext:
                      for k, o in enumerate(options)]
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             lps = completion_logprobs(lm, comps, int(pad or 0), batch_size=self.spec.eval.batch_size).tolist()
-            by_row = {}
+            by_row: dict[int, list[float]] = {}
             for c, lp in zip(comps, lps):
                 by_row.setdefault(c.prompt_index, []).append(lp)
             out = []
