@@ -6,7 +6,9 @@ run in the store, linked by content address, resumable stage by stage.
 
 A pipeline adapter (one file in ``methods/``, like every method) defines
 ``pipeline(hp, ctx)``: plain Python that calls the :class:`PipelineContext` it is given —
-``ctx.generate``, ``ctx.transform``, ``ctx.score``, ``ctx.train`` — to describe its rounds.
+``ctx.generate``, ``ctx.transform``, ``ctx.score``, ``ctx.train``, and for self-judging methods
+``ctx.judge`` (sampled judgements parsed into scores) and ``ctx.choose`` (multiple-choice
+feedback from option log-probs) — to describe its rounds.
 Every call is a *stage*: its content key hashes the stage's kind, parameters and the keys
 of the stages it consumes; its directory ``<pipeline run>/stages/<name>/`` is a run
 (config, status, summary, outputs).  Calling a stage whose directory holds a completed run
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -31,12 +35,22 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.config import RunSpec, merge_raw, resolve, spec_to_dict
+from harness.core.judging import mean_judgement, self_reward_score
 from harness.modeling.endpoint import Endpoint, chat_complete
-from harness.modeling.generation import SamplingParams, generate, load_causal_lm
+from harness.modeling.generation import (
+    Completion,
+    SamplingParams,
+    completion_logprobs,
+    encode_prompts,
+    generate,
+    load_causal_lm,
+    resolve_model_dir,
+)
+from harness.modeling.identity import weights_fingerprint
 from harness.store.cache import content_key
 from harness.store.runs import Run, atomic_write_json, atomic_write_text, read_jsonl
-from harness.training.runner import execute
-from harness.worlds.base import spec_world
+from harness.training.runner import ensure_model, execute
+from harness.worlds.base import spec_world, world_options
 
 #: bump when a stage kind's outputs change meaning: every stage key includes it
 STAGE_VERSION = "1"
@@ -167,14 +181,16 @@ class PipelineContext:
     def generate(self, name: str, *, model: Model | Endpoint, prompts: Rows, n: int = 1, temperature: float = 1.0,
                  top_p: float = 1.0, max_new_tokens: int = 32, template: str | None = None,
                  prompt_field: str = "prompt", out_field: str = "completion", seed: int = 0,
-                 max_rows: int | None = None) -> Rows:
+                 max_rows: int | None = None, max_prompt_length: int | None = None) -> Rows:
         """Sample ``n`` completions per row from ``model`` (a stage's model, or an :class:`Endpoint`);
-        the prompt is ``row[prompt_field]`` or ``template.format(**row)``.  One output row per
-        (row, sample): the input row plus ``out_field``, ``input_index``, ``sample_index`` and
-        ``n_tokens`` (None from an endpoint, which returns text)."""
+        the prompt is ``row[prompt_field]`` or ``template.format(**row)``, its start cut beyond
+        ``max_prompt_length`` tokens (None: ``train.max_prompt_length``; few-shot prompts need
+        more).  One output row per (row, sample): the input row plus ``out_field``,
+        ``input_index``, ``sample_index`` and ``n_tokens`` (None from an endpoint, which returns text)."""
+        limit = max_prompt_length or self.spec.train.max_prompt_length
         params = dict(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, template=template,
                       prompt_field=prompt_field, out_field=out_field, seed=seed, max_rows=max_rows,
-                      max_prompt_length=self.spec.train.max_prompt_length)
+                      max_prompt_length=limit)
         done, key = self._stage(name, "generate", params, [model, prompts])
         if done is not None:
             return Rows(done.path / "rows.jsonl", key)
@@ -193,7 +209,7 @@ class PipelineContext:
             sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                 num_return_sequences=n, seed=seed)
             comps = generate(lm, tok, texts, sp, batch_size=self.spec.eval.batch_size,
-                             max_prompt_length=self.spec.train.max_prompt_length)
+                             max_prompt_length=limit)
             out = [{**rows[c.prompt_index], out_field: c.text, "input_index": c.prompt_index,
                     "sample_index": c.sample_index, "n_tokens": c.n_tokens} for c in comps]
         _write_rows(r.path / "rows.jsonl", out)
@@ -234,6 +250,162 @@ class PipelineContext:
         out = [{**row, out_field: sc(row[prompt_field], row[response_field])} for row in rows.load()]
         _write_rows(r.path / "rows.jsonl", out)
         self._finish(r, key, "score", n_rows=len(out), scorer=sc.identity)
+        return Rows(r.path / "rows.jsonl", key)
+
+    # ---- self-judging stages (Self-Rewarding, Constitutional AI)
+
+    def stats(self, rows: Rows) -> dict[str, Any]:
+        """What the stage that made ``rows`` recorded: a transform's ``stats``, or the counts of a
+        judge / choose / generate / score stage's summary."""
+        summary = Run(rows.path.parent).summary()
+        if summary.get("pipeline_key") != rows.key:
+            raise PipelineError(f"{rows.path.parent} holds no completed stage with key {rows.key}")
+        return dict(summary.get("stats") or {k: v for k, v in summary.items() if k not in ("pipeline_key", "status")})
+
+    def model(self, name: str) -> Model | Endpoint:
+        """A generator or judge the user named: ``openai:<model>`` is an endpoint
+        (:meth:`endpoint`); anything else a local model (a directory, a run directory, or a
+        world base such as ``<world>:<size>``, built if needed), keyed by its weights."""
+        if name.startswith("openai:"):
+            return self.endpoint(name)
+        built = ensure_model(name, world_options(self.spec.data))
+        path = resolve_model_dir(str(built or name))
+        if not Path(path).exists():
+            raise PipelineError(f"model {name!r} is neither a local model directory, a run, a world base model "
+                                "nor openai:<model>")
+        return Model(path, content_key({"weights": weights_fingerprint(path)}, 16))
+
+    def _sample(self, model: Model | Endpoint, texts: list[str], *, n: int, temperature: float, top_p: float,
+                max_new_tokens: int, seed: int, max_prompt_length: int | None) -> list[list[str]]:
+        """``n`` sampled answers per prompt text, in order, from a local model or an endpoint."""
+        if isinstance(model, Endpoint):
+            return chat_complete(model, texts, n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                 seed=seed, workers=self.spec.reward.judge_workers,
+                                 max_retries=self.spec.reward.judge_max_retries)
+        lm, tok = load_causal_lm(model.path)
+        sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            num_return_sequences=n, seed=seed)
+        comps = generate(lm, tok, texts, sp, batch_size=self.spec.eval.batch_size, max_prompt_length=max_prompt_length)
+        out: list[list[str]] = [[] for _ in texts]
+        for c in comps:
+            out[c.prompt_index].append(c.text)
+        return out
+
+    def judge(self, name: str, *, model: Model | Endpoint, rows: Rows, template: str, n: int = 3,
+              temperature: float = 0.7, top_p: float = 1.0, max_new_tokens: int = 32,
+              parse: Callable[[str], float | None] = self_reward_score, out_field: str = "self_score",
+              seed: int = 0, max_prompt_length: int | None = None) -> Rows:
+        """Each row judged ``n`` times by ``model`` (LLM-as-a-judge): the prompt is
+        ``template.format(**row)``; every sampled judgement is parsed by ``parse`` (a pure
+        function: text -> score, or None when the text is not a valid judgement).  Each output
+        row is the input row plus ``judgements`` (the texts), ``judge_scores`` (the valid
+        scores), ``n_malformed`` and ``out_field``: the mean of the valid scores, or None when
+        no judgement was valid -- a malformed judgement is counted and skipped, never scored.
+        The stage summary counts judgements, malformed ones, rows left unscored and prompts
+        cut to ``max_prompt_length`` tokens (default ``train.max_prompt_length``; the start of
+        a longer prompt is cut, as in :meth:`generate`)."""
+        limit = max_prompt_length or self.spec.train.max_prompt_length
+        params = dict(template=template, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                      parse=parse, out_field=out_field, seed=seed, max_prompt_length=limit)
+        done, key = self._stage(name, "judge", params, [model, rows])
+        if done is not None:
+            return Rows(done.path / "rows.jsonl", key)
+        r = self._begin(name, "judge", key, params, [model, rows])
+        t0 = time.perf_counter()
+        src = rows.load()
+        try:
+            texts = [template.format(**row) for row in src]
+        except KeyError as e:
+            raise PipelineError(f"stage {name!r}: the judge template names {e} but the rows have "
+                                f"{sorted(src[0]) if src else 'no columns'}") from None
+        truncated = 0
+        if not isinstance(model, Endpoint):
+            from harness.modeling.generation import load_tokenizer
+
+            tok = load_tokenizer(resolve_model_dir(model.path))
+            truncated = sum(len(ids) > limit for ids in encode_prompts(tok, texts, None))
+        answers = self._sample(model, texts, n=n, temperature=temperature, top_p=top_p,
+                               max_new_tokens=max_new_tokens, seed=seed,
+                               max_prompt_length=None if isinstance(model, Endpoint) else limit)
+        out: list[dict[str, Any]] = []
+        malformed_examples: list[str] = []
+        for row, judged in zip(src, answers):
+            mean, valid, bad = mean_judgement(judged, parse)
+            if bad and len(malformed_examples) < 5:
+                malformed_examples += [t for t in judged if parse(t) is None][:1]
+            out.append({**row, "judgements": judged, "judge_scores": valid, "n_malformed": bad, out_field: mean})
+        _write_rows(r.path / "rows.jsonl", out)
+        n_judgements = sum(len(a) for a in answers)
+        n_malformed = sum(o["n_malformed"] for o in out)
+        self._finish(r, key, "judge", n_rows=len(out), n_judgements=n_judgements, n_malformed=n_malformed,
+                     n_unscored=sum(o[out_field] is None for o in out), n_truncated_prompts=truncated,
+                     malformed_examples=malformed_examples, wall_time_s=time.perf_counter() - t0,
+                     model=model.key if isinstance(model, Endpoint) else model.path)
+        return Rows(r.path / "rows.jsonl", key)
+
+    def choose(self, name: str, *, model: Model | Endpoint, rows: Rows, prompt_field: str = "choice_prompt",
+               options: Sequence[str] = ("(A)", "(B)"), out_field: str = "p_options", n: int = 8,
+               temperature: float = 1.0, seed: int = 0) -> Rows:
+        """Multiple-choice feedback on each row's ``prompt_field`` (a question that lists
+        options labelled like ``options``).  A local model: the log-probability of each option
+        text as the start of its answer after the chat-rendered prompt (summed over the
+        option's tokens, ``option_logps``), normalised over the options -> ``out_field`` (one
+        probability per option).  An endpoint (text only): ``n`` sampled answers, each read
+        as the one option it names ("(A)", "A", "The answer is (A)"), and each option's share
+        of the readable ones; unreadable answers are counted (``n_malformed``).  A row whose
+        prompt does not fit a local model's positions, or with no readable answer, gets None:
+        counted in the summary, never a guess."""
+        options = tuple(options)
+        if len(options) < 2 or len(set(options)) != len(options):
+            raise PipelineError(f"stage {name!r}: choose needs two or more distinct options, got {options}")
+        params = dict(prompt_field=prompt_field, options=list(options), out_field=out_field, n=n,
+                      temperature=temperature, seed=seed)
+        done, key = self._stage(name, "choose", params, [model, rows])
+        if done is not None:
+            return Rows(done.path / "rows.jsonl", key)
+        r = self._begin(name, "choose", key, params, [model, rows])
+        t0 = time.perf_counter()
+        src = rows.load()
+        prompts = [row[prompt_field] for row in src]
+        stats: dict[str, Any] = {"n_too_long": 0, "n_malformed": 0, "n_unanswered": 0}
+        if isinstance(model, Endpoint):
+            answers = self._sample(model, prompts, n=n, temperature=temperature, top_p=1.0, max_new_tokens=16,
+                                   seed=seed, max_prompt_length=None)
+            out = []
+            for row, texts in zip(src, answers):
+                named = [_named_option(t, options) for t in texts]
+                valid = [k for k in named if k is not None]
+                stats["n_malformed"] += len(named) - len(valid)
+                probs = [valid.count(k) / len(valid) for k in range(len(options))] if valid else None
+                stats["n_unanswered"] += probs is None
+                out.append({**row, "feedback": texts, out_field: probs})
+        else:
+            lm, tok = load_causal_lm(model.path)
+            pids = encode_prompts(tok, prompts, None)
+            oids = [list(tok(o, add_special_tokens=False)["input_ids"]) for o in options]
+            limit = getattr(lm.config, "max_position_embeddings", None)
+            fits = [limit is None or len(p) + max(map(len, oids)) <= limit for p in pids]
+            comps = [Completion(i, k, o, pids[i], oids[k]) for i in range(len(src)) if fits[i]
+                     for k, o in enumerate(options)]
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            lps = completion_logprobs(lm, comps, int(pad or 0), batch_size=self.spec.eval.batch_size).tolist()
+            by_row: dict[int, list[float]] = {}
+            for c, lp in zip(comps, lps):
+                by_row.setdefault(c.prompt_index, []).append(lp)
+            out = []
+            for i, row in enumerate(src):
+                if i not in by_row:
+                    stats["n_too_long"] += 1
+                    out.append({**row, "option_logps": None, out_field: None})
+                    continue
+                lp = by_row[i]
+                top = max(lp)
+                z = [math.exp(v - top) for v in lp]
+                out.append({**row, "option_logps": lp, out_field: [v / sum(z) for v in z]})
+        _write_rows(r.path / "rows.jsonl", out)
+        self._finish(r, key, "choose", n_rows=len(out), n_unscored=sum(o[out_field] is None for o in out), **stats,
+                     wall_time_s=time.perf_counter() - t0,
+                     model=model.key if isinstance(model, Endpoint) else model.path)
         return Rows(r.path / "rows.jsonl", key)
 
     def train(self, name: str, *, data: Rows | None, method: dict[str, Any], model: Model,
@@ -314,6 +486,20 @@ class PipelineContext:
         md = self.run.path / f"{name}.md"
         atomic_write_text(md, markdown)
         return md
+
+
+def _named_option(text: str, options: Sequence[str]) -> int | None:
+    """The index of the one option an answer names: a label in parentheses anywhere ("The
+    answer is (A)") when exactly one distinct label appears, else the whole answer being one
+    label with optional punctuation ("A", "a.", "(B)"); None otherwise."""
+    labels = [o.strip("() ").upper() for o in options]
+    found = {m.upper() for m in re.findall(r"\(([A-Za-z])\)", text)} & set(labels)
+    if len(found) == 1:
+        return labels.index(found.pop())
+    m = re.fullmatch(r"\W*([A-Za-z])\W*", text.strip())
+    if m and not found and m.group(1).upper() in labels:
+        return labels.index(m.group(1).upper())
+    return None
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
