@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reproduce_store import StoreBuilder
 
 from harness.core.config import build
 from harness.reproduce.claims import Agreement, BootstrapSpec, Claim, build_claim
@@ -29,7 +30,6 @@ from harness.reproduce.stats import (
     load_store,
     verdict,
 )
-from reproduce_store import StoreBuilder
 
 
 def claim(statistic: dict, agreement: dict | None = None, cid: str = "c") -> Claim:
