@@ -179,9 +179,9 @@ def test_a_run_stopped_before_its_first_step_is_an_error(run_spec, annotator):
 @pytest.mark.slow
 @pytest.mark.parametrize("method,extra", [
     ("grpo", ["method.group_size=4", "train.lr=2e-3"]),
-    ("rloo", ["method.k=4", "train.lr=2e-3"]),
+    ("rloo", ["method.k=4", "train.lr=1e-3"]),
     ("ppo", ["method.epochs=2", "train.lr=1e-3", "method.kl_coef=0.01", "method.vf_coef=0.5"]),
-    ("online-dpo", ["train.lr=2e-3", "method.beta=0.1"]),
+    ("online-dpo", ["train.lr=1e-3", "method.beta=0.1"]),
 ])
 def test_each_online_method_beats_the_sft_base_on_gold_reward_from_the_cli(tmp_path, tiny_base, method, extra):
     out = subprocess.run(

@@ -208,8 +208,10 @@ def test_reference_cache_is_keyed_by_the_base_not_the_adapter(run_spec):
         spec, prep, acc, model = _prepared(run_spec, f"peft={kind}", "train.ref_cache=true")
         got[kind] = runner.compute_references(prep, spec, model, acc)[0]["chosen"]
         spec_nc, prep_nc, acc_nc, model_nc = _prepared(run_spec, f"peft={kind}")
-        assert torch.equal(got[kind], runner.compute_references(prep_nc, spec_nc, model_nc, acc_nc)[0]["chosen"])
-    assert torch.equal(got["none"], got["lora"])
+        # the same values computed afresh (batches may be composed differently: equal to fp32 rounding)
+        torch.testing.assert_close(got[kind], runner.compute_references(prep_nc, spec_nc, model_nc, acc_nc)[0]["chosen"],
+                                   atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(got["none"], got["lora"], atol=1e-5, rtol=1e-6)
     assert not torch.allclose(got["none"], got["qlora"], atol=1e-3)
 
 

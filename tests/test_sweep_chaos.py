@@ -55,7 +55,7 @@ PATIENCE_S = 5.0
 BASE = {
     "model": "toy:tiny",
     "data": {"max_samples": 48},
-    "train": {"max_steps": 3, "batch_size": 4, "max_length": 64, "max_prompt_length": 32, "progress": False},
+    "train": {"max_steps": 40, "batch_size": 4, "max_length": 64, "max_prompt_length": 32, "progress": False},
     "eval": {"enabled": False},
     "tracking": {"mode": "disabled"},
 }

@@ -181,7 +181,24 @@ class MethodAdapter(Protocol):
     ) -> ObjectiveOutput: ...
 
 
-METHODS: Registry[MethodAdapter] = Registry("method")
+@runtime_checkable
+class PipelineAdapter(Protocol):
+    """A method whose rounds are stages (``harness.pipelines``): the same declarations as a
+    :class:`MethodAdapter`, and ``pipeline(hp, ctx)`` instead of (or beside) an objective."""
+
+    name: ClassVar[str]
+    paper: ClassVar[Paper]
+    data_kind: ClassVar[DataKind]
+    needs_reference: ClassVar[bool]
+    model_kind: ClassVar[str]
+    config_cls: ClassVar[type]
+
+    def search_space(self, trial: Any) -> dict[str, Any]: ...
+
+    def pipeline(self, hp: Any, ctx: Any) -> Any: ...
+
+
+METHODS: Registry[Any] = Registry("method")
 
 
 def register_method(cls: Any) -> Any:

@@ -203,7 +203,7 @@ class ExecutionSpec:
     #: how many times a trial lost with its worker, or timed out, is retried
     max_retries: int = 2
     #: kill a trial process that runs longer than this (seconds), fail it as ``timeout`` and retry it;
-    #: None: derived from the spec (:func:`trial_timeout`); ``.inf``: no limit
+    #: None: derived from the spec (:func:`trial_timeout`); for no practical limit give a large number
     trial_timeout_s: float | None = None
     #: the derived timeout's generous bound on one optimizer step (seconds)
     step_timeout_s: float = 60.0
@@ -226,7 +226,7 @@ class ExecutionSpec:
         if self.max_retries < 0 or self.gpus_per_trial < 1:
             raise ValueError("max_retries must be >= 0 and gpus_per_trial >= 1")
         if self.trial_timeout_s is not None and not self.trial_timeout_s > 0:
-            raise ValueError(f"trial_timeout_s must be > 0 (.inf: no limit), got {self.trial_timeout_s}")
+            raise ValueError(f"trial_timeout_s must be > 0, got {self.trial_timeout_s}")
         if not self.step_timeout_s > 0 or not self.run_overhead_s > 0:
             raise ValueError("step_timeout_s and run_overhead_s must be > 0")
 
