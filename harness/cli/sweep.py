@@ -48,6 +48,13 @@ def _load(args: list[str], check_runs: bool = True) -> Any:
         _fail(str(e))
 
 
+def _with_devices(sweep: Any, per_trial: int | None) -> Any:
+    """This worker's devices per trial: a property of the node, not of the sweep's definition."""
+    if per_trial is not None:
+        sweep.spec.execution.gpus_per_trial = per_trial
+    return sweep
+
+
 def _sigterm_is_interrupt() -> None:
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -163,6 +170,8 @@ def register(app: typer.Typer) -> None:
         devices: str | None = typer.Option(None, "--devices", help="GPU ids, e.g. 0,1,2,3"),
         as_json: bool = typer.Option(False, "--json", help="status: print JSON"),
         max_trials: int | None = typer.Option(None, "--max-trials", help="stop after starting this many trials"),
+        per_trial: int | None = typer.Option(None, "--devices-per-trial", min=1,
+                                             help="devices per trial: GPUs, or CPU processes (default: the spec's)"),
     ) -> None:
         """Run a sweep here (validate, create its studies, work through its trials); resumes if re-run.
 
@@ -178,7 +187,7 @@ def register(app: typer.Typer) -> None:
             else:
                 print_status(st)
             return
-        run_sweep_here(_load(args), slots, devices, max_trials)
+        run_sweep_here(_with_devices(_load(args), per_trial), slots, devices, max_trials)
 
     @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def worker(
@@ -186,9 +195,15 @@ def register(app: typer.Typer) -> None:
         slots: int | None = typer.Option(None, "--slots", help="CPU: trials at a time"),
         devices: str | None = typer.Option(None, "--devices", help="GPU ids, e.g. 0,1,2,3"),
         max_trials: int | None = typer.Option(None, "--max-trials", help="stop after starting this many trials"),
+        per_trial: int | None = typer.Option(None, "--devices-per-trial", min=1,
+                                             help="devices per trial: GPUs, or CPU processes (default: the spec's)"),
     ) -> None:
-        """Join a sweep: pull trials from its shared studies, one per device slot."""
-        sw = _load(list(args or []))
+        """Join a sweep: pull trials from its shared studies, one per device slot.
+
+        `--devices 0,1,2,3 --devices-per-trial 2` runs two trials at a time, each over two GPUs with
+        accelerate (DDP, or FSDP from execution.accelerate_config); on CPU `--slots 1
+        --devices-per-trial 2` runs each trial as two processes (torch.distributed, gloo)."""
+        sw = _with_devices(_load(list(args or [])), per_trial)
         _describe(sw)
         _run_worker(sw, slots, devices, os.getpid(), max_trials)
 

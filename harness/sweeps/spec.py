@@ -210,8 +210,12 @@ class ExecutionSpec:
     #: the derived timeout's allowance per run for everything but steps: loading (downloads
     #: included), tokenising, the reference pass and evaluation (seconds)
     run_overhead_s: float = 3600.0
-    #: GPUs per trial; above 1 the trial is launched with ``accelerate launch``
+    #: devices per trial (``--devices-per-trial``): GPUs, or CPU processes on a CPU slot; above 1 a
+    #: trial is launched with ``accelerate launch`` (GPUs: DDP, or FSDP / DeepSpeed from
+    #: ``accelerate_config``) or ``torch.distributed.run`` (CPU processes, gloo)
     gpus_per_trial: int = 1
+    #: an ``accelerate config`` file for trials on several GPUs (FSDP, DeepSpeed); None: plain DDP
+    accelerate_config: str | None = None
     #: how trial processes start: ``forkserver`` forks them from a process that imported torch & co.
     #: once (trials start in about a second); ``spawn`` starts a fresh interpreter each (seconds of
     #: imports per trial, nothing shared); ``auto``: forkserver for CPU slots, spawn for GPU slots
@@ -229,6 +233,8 @@ class ExecutionSpec:
             raise ValueError(f"trial_timeout_s must be > 0, got {self.trial_timeout_s}")
         if not self.step_timeout_s > 0 or not self.run_overhead_s > 0:
             raise ValueError("step_timeout_s and run_overhead_s must be > 0")
+        if self.accelerate_config is not None and not Path(self.accelerate_config).expanduser().is_file():
+            raise ValueError(f"accelerate_config {self.accelerate_config!r}: no such file")
 
 
 @dataclass
@@ -764,7 +770,8 @@ def device_slots(devices: str | None, slots: int | None, gpus_per_trial: int) ->
     assert slots is not None
     if slots < 1:
         raise ConfigError(f"--slots {slots}: need at least one slot")
-    threads = max(1, (os.cpu_count() or 1) // slots)
+    # a slot's trial runs gpus_per_trial processes on CPU: the cores are shared by all of them
+    threads = max(1, (os.cpu_count() or 1) // (slots * gpus_per_trial))
     env = {"CUDA_VISIBLE_DEVICES": ""}
     if "OMP_NUM_THREADS" not in os.environ:  # keep N CPU trials from oversubscribing the cores
         env["OMP_NUM_THREADS"] = str(threads)

@@ -81,6 +81,15 @@ _GUARDED_EXEC = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, sig
                  "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
 
 
+def _free_port() -> int:
+    """A free loopback port for a trial's process group (several trials may rendezvous at once)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _tid(trial: Any) -> int:
     # Optuna keeps the storage id private; storage calls need it
     return int(trial._trial_id)
@@ -376,9 +385,14 @@ class Worker:
                 target=forked_main, args=(str(job_path), env), name=f"trial-{job_path.stem}")
             proc.start()
             return TrialProcess(mp=proc)
-        if g > 1:
+        if g > 1 and slot.env.get("CUDA_VISIBLE_DEVICES"):
+            config = ["--config_file", self.ex.accelerate_config] if self.ex.accelerate_config else ["--multi_gpu"]
             argv = [sys.executable, "-c", _GUARDED_EXEC, "-m", "accelerate.commands.launch", "--num_processes", str(g),
-                    "--multi_gpu", "-m", "harness.sweeps.trial", "--job", str(job_path)]
+                    "--main_process_port", str(_free_port()), *config, "-m", "harness.sweeps.trial", "--job", str(job_path)]
+        elif g > 1:  # CPU processes: torch's launcher (gloo); accelerate launches several processes only on GPUs
+            argv = [sys.executable, "-c", _GUARDED_EXEC, "-m", "torch.distributed.run", "--nproc_per_node", str(g),
+                    "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                    "-m", "harness.sweeps.trial", "--job", str(job_path)]
         else:
             argv = [sys.executable, "-m", "harness.sweeps.trial", "--job", str(job_path)]
         with open(log, "ab") as fh:

@@ -867,7 +867,7 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
                 "n_train_examples": len(prep.train_examples), "n_eval_examples": len(prep.eval_examples),
                 "n_skipped_rows": prep.n_skipped, "data": prep.data_desc, "model_path": prep.model_path,
                 "reference_cache": ref_info, "setup_time_s": timing.get("setup_time_s"),
-                "device": str(accelerator.device),
+                "device": str(accelerator.device), "processes": accelerator.num_processes,
             }
             if prep.mixture is not None:
                 m = prep.mixture
