@@ -27,7 +27,8 @@ VOCAB = 384
 TOL = 1e-5
 #: every offline method with a log-prob objective (reward models score with their own head)
 METHODS_LP = [n for n in METHODS.names()
-              if METHODS.get(n).data_kind.value != "prompt" and METHODS.get(n).model_kind == "causal_lm"]
+              if METHODS.get(n).data_kind.value != "prompt" and METHODS.get(n).model_kind == "causal_lm"
+              and callable(getattr(METHODS.get(n), "objective", None))]
 VARIANTS = [ForwardOptions(lp, pk) for lp in ("plain", "chunked") for pk in ("off", "on")]
 
 

@@ -119,6 +119,10 @@ def value_for(draw, k: Key) -> tuple[Any, bool]:
         v = draw(st.sampled_from([True, False, "true", 1, 0, "maybe"]))
         return v, isinstance(v, bool)
     union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    if union and not any(typing.get_origin(a) is Literal for a in typing.get_args(tp)):
+        # e.g. ``int | list[str] | None``: fuzz the scalar member, whose range the key carries
+        scalar = next(a for a in typing.get_args(tp) if a in (int, float, str))
+        return draw(value_for(Key(k.key, scalar | None if nullable else scalar, k.rng)))
     if typing.get_origin(tp) is Literal or union:
         choices = [c for a in (typing.get_args(tp) if union else (tp,))
                    for c in (typing.get_args(a) if typing.get_origin(a) is Literal else [])]
