@@ -246,6 +246,9 @@ class TrainSpec:
     logprobs: Literal["auto", "chunked", "plain"] = "auto"
     #: padding-free batches: auto packs a micro-batch when that removes >= 20% of its token slots
     packing: Literal["auto", "on", "off"] = "auto"
+    #: rows repeating a prompt (a GRPO group, a DPO pair) compute it once: auto shares when that
+    #: removes >= 20% of the token slots left after packing; chunked log-probs only
+    share_prompts: Literal["auto", "on", "off"] = "auto"
     #: recompute activations in the backward pass (less memory, more time)
     gradient_checkpointing: bool = False
     #: write a metrics row every N optimizer steps
