@@ -249,6 +249,10 @@ class TrainSpec:
     #: rows repeating a prompt (a GRPO group, a DPO pair) compute it once: auto shares when that
     #: removes >= 20% of the token slots left after packing; chunked log-probs only
     share_prompts: Literal["auto", "on", "off"] = "auto"
+    #: online methods' sampling: auto = every chunk of a rollout in one batched decode (each chunk
+    #: seeded as before: the same samples as hf up to float rounding; a prompt's prefill shared
+    #: by its samples; finished rows dropped), hf = transformers' generate per chunk
+    rollout_engine: Literal["auto", "hf"] = "auto"
     #: recompute activations in the backward pass (less memory, more time)
     gradient_checkpointing: bool = False
     #: write a metrics row every N optimizer steps

@@ -112,7 +112,7 @@ def setup_online(prep: Any, spec: RunSpec, model: Any, accelerator: Any,
         adapter=adapter, hp=hp, plan=plan, prompts=[r["prompt"] for r in prep.train_records],
         tokenizer=prep.tokenizer, reward=reward, accelerator=accelerator, batch_size=t.batch_size,
         grad_accum=t.grad_accum, seed=spec.seed, max_prompt_length=t.max_prompt_length, reference=reference,
-        autocast=autocast, aux_examples=aux, aux_coef=coef,
+        autocast=autocast, aux_examples=aux, aux_coef=coef, engine=t.rollout_engine,
     )
     total = RolloutSource.steps_for(len(prep.train_records), plan, t.batch_size, t.grad_accum,
                                     accelerator.num_processes, t.epochs, t.max_steps)

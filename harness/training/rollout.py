@@ -9,14 +9,20 @@ rollout buffer that it refills every ``plan.updates`` steps.  A refill, for this
 share of the cycle's prompts:
 
 1. **generate** ``samples_per_prompt`` completions per prompt with the current policy
-   (:func:`harness.modeling.generation.generate`: batched, KV cache, seeded per cycle and
-   process, so a resumed run draws the same samples);
+   (:func:`harness.modeling.generation.generate_batches`: the process's chunks of
+   ``batch_size`` prompts in one batched decode with the KV cache, each prompt's prefill shared
+   by its samples, finished rows dropped; each chunk seeded by (seed, cycle, chunk), so a resumed
+   run and any process layout draw the same samples; ``train.rollout_engine=hf`` calls
+   transformers' ``generate`` per chunk instead, with the same seeds);
 2. **score** them with the run's reward source (:mod:`harness.training.rewards`); pairwise
    methods (OAIF) turn the two samples of a prompt into a (chosen, rejected) pair by the
    annotator's preference;
-3. compute the **old policy's** per-token log-probs, the **reference's** (the starting
-   weights: a frozen copy, or the base with the adapter disabled under PEFT) and, with a
-   critic, the **values**, all in completion space (entry j = the j-th completion token);
+3. compute the **old policy's** per-token log-probs (in fp32 read while sampling, from the
+   logits at temperature 1 the decode computes anyway; under bf16 autocast one forward), the
+   **reference's** (the starting weights: a frozen copy, or the base with the adapter disabled
+   under PEFT) and, with a critic, the **values**, all in completion space (entry j = the j-th
+   completion token); the forwards compute a prompt once for all its samples
+   (:mod:`harness.modeling.forward`'s prompt sharing);
 4. hand them to the method's ``advantages`` (scalar rewards) and keep the per-sample tensors.
 
 Each optimizer step of the cycle then takes one minibatch of the buffer (a fresh seeded
@@ -42,7 +48,7 @@ from harness.core.contract import MethodAdapter, Normalizer, Rollout, RolloutPla
 from harness.data.batching import Batch, collate
 from harness.modeling.critic import token_values
 from harness.modeling.forward import forward_segments
-from harness.modeling.generation import SamplingParams, generate, prompt_text
+from harness.modeling.generation import SamplingParams, generate_batches, prompt_text
 from harness.modeling.logprobs import eval_mode
 from harness.training.loop import StepBatches, StopTraining, step_examples
 from harness.training.rewards import AnnotationBudgetExhausted
@@ -73,6 +79,7 @@ class RolloutSource:
         reward: Any, accelerator: Any, batch_size: int, grad_accum: int, seed: int, max_prompt_length: int,
         reference: Callable[[], contextlib.AbstractContextManager[Any]] | None, autocast: Any,
         gen_batch_size: int = 64, aux_examples: list[dict[str, Any]] | None = None, aux_coef: float = 0.0,
+        engine: str = "auto",
     ) -> None:
         self.adapter, self.hp, self.plan = adapter, hp, plan
         self.prompts = prompts
@@ -87,6 +94,8 @@ class RolloutSource:
         self.autocast = autocast
         self.gen_batch_size = gen_batch_size
         self.aux_examples, self.aux_coef = aux_examples or [], aux_coef
+        #: generate_batches' engine: "auto" (one batched decode per rollout) or "hf" (generate per chunk)
+        self.engine = engine
         #: prompts of one optimizer step on this process, and of one rollout
         self.step_prompts = batch_size * grad_accum
         self.rollout_prompts = self.step_prompts * plan.minibatches
@@ -219,16 +228,33 @@ class RolloutSource:
             out[lo:lo + b.size, :v.shape[1]] = v.float().cpu()
         return out
 
+    def _sampling_logps_exact(self) -> bool:
+        """Are the log-probs read while sampling (the model's logits at temperature 1, through the
+        key/value cache) the old policy's log-probs a forward would give, to rounding?  In fp32
+        (no autocast, fp32 weights, no quantised layers): they agree to ~3e-6
+        (tests/test_online.py); under bf16 the cached and the full forward round differently (~1e-2)."""
+        if self.autocast is not None or self.engine != "auto":
+            return False
+        for m in self.model.modules():
+            if type(m).__module__.startswith("bitsandbytes"):
+                return False
+        return all(p.dtype == torch.float32 for p in self.model.parameters() if p.is_floating_point())
+
     def _rollout(self, cycle: int) -> dict[str, Any]:
         plan = self.plan
         t0 = time.perf_counter()
         prompts: list[Any] = []
         comps = []
-        for chunk, chunk_prompts in self._my_chunks(cycle):
-            params = SamplingParams(max_new_tokens=plan.max_new_tokens, temperature=plan.temperature, top_p=plan.top_p,
-                                    num_return_sequences=plan.samples_per_prompt, seed=_seed(self.seed, cycle, chunk))
-            for c in generate(self.model, self.tok, chunk_prompts, params, batch_size=len(chunk_prompts),
-                              max_prompt_length=self.max_prompt_length):
+        # each chunk of batch_size prompts keeps its own seed (the samples do not depend on how chunks
+        # are spread over processes); the batched engine decodes all of this process's chunks at once
+        chunks = self._my_chunks(cycle)
+        params = SamplingParams(max_new_tokens=plan.max_new_tokens, temperature=plan.temperature, top_p=plan.top_p,
+                                num_return_sequences=plan.samples_per_prompt)
+        sampled = generate_batches(self.model, self.tok, [(cp, _seed(self.seed, cycle, chunk)) for chunk, cp in chunks],
+                                   params, max_prompt_length=self.max_prompt_length, engine=self.engine,  # type: ignore[arg-type]
+                                   logprobs=plan.reward != "pairwise" and self._sampling_logps_exact())
+        for (_, chunk_prompts), outs in zip(chunks, sampled, strict=True):
+            for c in outs:
                 c.prompt_index += len(prompts)
                 comps.append(c)
             prompts += chunk_prompts
@@ -246,7 +272,12 @@ class RolloutSource:
             scores = torch.tensor(self.reward.score(instr, texts), dtype=torch.float32)
             t_score = time.perf_counter() - t1
             with self._eval_mode():
-                logps = self._token_logps(self.model, examples, width)
+                if all(c.logprobs is not None for c in comps):  # read while sampling: no forward
+                    logps = torch.zeros(len(comps), width)
+                    for i, c in enumerate(comps):
+                        logps[i, :c.n_tokens] = torch.tensor(c.logprobs)
+                else:
+                    logps = self._token_logps(self.model, examples, width)
                 ref_logps = None
                 if plan.reference_logps and self.reference is not None:
                     with self.reference() as ref_model:
