@@ -256,7 +256,7 @@ def worker_trl(job: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         out = original_generate(prompts, *a, **k)
         gen["s"] += time.perf_counter() - t0
-        prompts_seen.append(list(dict.fromkeys(p[-1]["content"] for p in prompts)))
+        prompts_seen.append([p[-1]["content"] for p in prompts[::GROUP]])  # each prompt comes GROUP times in a row
         return out
 
     trainer._generate = timed_generate
