@@ -71,11 +71,11 @@ def test_online_method_trains_and_resumes_mid_rollout(run_spec, method):
 @pytest.mark.parametrize("method,extra", [("grpo", ["method.group_size=4", "method.iterations=2"]),
                                           ("ppo", ["method.epochs=2", "method.minibatches=2", "train.max_steps=8"])])
 def test_batched_rollout_equals_generate_per_chunk(run_spec, monkeypatch, method, extra):
-    """train.rollout_engine=auto (all chunks of a rollout in one batched decode, prompts prefilled
-    once for their samples, finished rows dropped, the old log-probs read while sampling, forwards
-    computing each prompt once) gives the rollouts of hf (generate per chunk, forward passes): the
-    same samples, rewards and advantages, the same per-token old and reference log-probs (and
-    values) to 1e-5, hence the same losses."""
+    """train.rollout_engine=auto (the batched decode: prompts prefilled once for their samples,
+    finished rows dropped, the old log-probs read while sampling) gives the rollouts of hf
+    (transformers' generate per chunk, a forward for the old log-probs): the same samples, rewards
+    and advantages, the same per-token old and reference log-probs (and values) to 1e-5, hence the
+    same losses.  Two chunks per rollout (grad_accum=2), several updates per rollout."""
     from harness.training import rollout
 
     buffers: dict[str, list] = {}
