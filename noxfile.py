@@ -4,7 +4,7 @@
     nox -s lint         # ruff (undefined names on)
     nox -s typecheck    # mypy
     nox -s bench        # speed/memory benchmarks vs TRL (prints ratios; not a test)
-    nox -s bench -- sft sweep   # a subset: dpo, vocab, sft, sweep (options after --: see benchmarks/README.md)
+    nox -s bench -- sft sweep   # a subset: dpo, vocab, sft, sweep, grpo (options after --: see benchmarks/README.md)
 
 torch is installed first from a pinned CPU build (TORCH_SPEC, default torch==2.13.0) so
 the package's looser ``torch>=2.4`` range installs nothing more; GPU users set
@@ -47,7 +47,8 @@ def typecheck(session: nox.Session) -> None:
 
 
 BENCHMARKS = {"dpo": "benchmarks/bench_dpo.py", "vocab": "benchmarks/bench_dpo_vocab.py",
-              "sft": "benchmarks/bench_sft_packing.py", "sweep": "benchmarks/bench_sweep_overhead.py"}
+              "sft": "benchmarks/bench_sft_packing.py", "sweep": "benchmarks/bench_sweep_overhead.py",
+              "grpo": "benchmarks/bench_grpo.py"}
 
 
 @nox.session

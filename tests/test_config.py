@@ -54,6 +54,14 @@ def test_parse_override_reads_numbers_and_lists():
         parse_override("train.lr")
 
 
+def test_on_off_choices_survive_yaml_booleans():
+    """YAML 1.1 reads a bare on/off as a boolean; the forward-path switches mean the words."""
+    t = load_spec(None, ["method=dpo", "train.packing=off", "train.share_prompts=on"]).train
+    assert (t.packing, t.share_prompts) == ("off", "on")
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_spec(None, ["method=dpo", "train.precision=off"])  # no on/off choice there: still an error
+
+
 def test_missing_or_bad_yaml_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_spec(tmp_path / "nope.yaml")

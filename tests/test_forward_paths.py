@@ -1,5 +1,6 @@
 """The training core's one forward gives every method the same losses and gradients whichever
-way it computes them: chunked vs plain log-probs, packed vs padded rows (fp32, 1e-5 relative to
+way it computes them: chunked vs plain log-probs, packed vs padded rows, prompts shared by rows
+computed once or per row (fp32, 1e-5 relative to
 magnitudes above 1, as in tests/test_logprobs_chunked.py); the auto rules pick what the module
 docstring of ``harness.modeling.forward`` promises; the reference pass and the held-out loss go
 through the same path as the training step; gradient accumulation still equals one big batch
@@ -29,7 +30,8 @@ TOL = 1e-5
 METHODS_LP = [n for n in METHODS.names()
               if METHODS.get(n).data_kind.value != "prompt" and METHODS.get(n).model_kind == "causal_lm"
               and callable(getattr(METHODS.get(n), "objective", None))]
-VARIANTS = [ForwardOptions(lp, pk) for lp in ("plain", "chunked") for pk in ("off", "on")]
+VARIANTS = [ForwardOptions(lp, pk, "off") for lp in ("plain", "chunked") for pk in ("off", "on")] + [
+    ForwardOptions("chunked", pk, "on") for pk in ("off", "on")]  # prompt sharing reads the chunked head
 
 
 def tiny_llama(seed: int = 0, attn: str = "sdpa") -> LlamaForCausalLM:
@@ -330,3 +332,137 @@ def test_chunked_head_follows_the_autocast_of_a_prepared_model():
     for s in ("chosen", "rejected"):
         assert err(got[s].logps, want[s].logps) < 1e-5
         assert err(got[s].logps, ref[s].logps) < 1e-5
+
+
+# --------------------------------------------------------------------------- shared prompts
+
+
+def grouped_examples(seed: int = 0, prompts: int = 3, group: int = 8) -> list[dict]:
+    """An online rollout's shape: ``group`` samples of each prompt (prompts of 1 to 12 tokens,
+    samples of 1 to 40), shuffled as a training minibatch is."""
+    g = random.Random(seed)
+    tok = lambda k: [g.randrange(1, VOCAB) for _ in range(k)]  # noqa: E731
+    out = []
+    for _ in range(prompts):
+        prompt = tok(g.choice([1, 5, 12]))
+        for _ in range(group):
+            out.append({"segments": {"completion": {"input_ids": prompt + tok(g.choice([1, 3, 17, 40])),
+                                                    "prompt_len": len(prompt)}}})
+    g.shuffle(out)
+    for i, ex in enumerate(out):
+        ex["idx"] = i
+    return out
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompts_give_the_padded_token_logps_and_gradients(attn):
+    """A GRPO minibatch with its prompts computed once per unit: the same per-token log-probs, GRPO
+    loss and gradients as the padded plain forward, with and without packing (and auto)."""
+    adapter = METHODS.get("grpo")
+    hp = adapter.config_cls(iterations=2)  # so the objective reads the old log-probs too
+    model = tiny_llama(attn=attn)
+    examples = grouped_examples()
+    batch = collate(examples, 0, ("completion",))
+    n = len(examples)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        base = forward_segments(model, batch, "causal_lm", tokens=True, options=ForwardOptions("plain", "off", "off"))
+    seq = base["completion"]
+    given = {"advantages": torch.randn(n, generator=g),
+             "old_logps": (seq.token_logps + 0.05 * torch.randn(seq.token_logps.shape, generator=g)) * seq.token_mask,
+             "ref_logps": (seq.token_logps + 0.1 * torch.randn(seq.token_logps.shape, generator=g)) * seq.token_mask}
+    norm = Normalizer(sequences=n, tokens={"completion": batch.n_tokens("completion")})
+    params = [model.model.embed_tokens.weight, model.model.layers[0].self_attn.q_proj.weight,
+              model.model.layers[1].mlp.down_proj.weight]
+
+    def run(options):
+        model.zero_grad(set_to_none=True)
+        out = forward_segments(model, batch, "causal_lm", tokens=True, options=options)
+        loss = adapter.objective(hp, out, given, norm).loss
+        loss.backward()
+        return out["completion"], loss.detach(), [p.grad.detach().clone() for p in params]
+
+    want, want_loss, want_g = run(ForwardOptions("plain", "off", "off"))
+    for opts in (ForwardOptions("chunked", "off", "on"), ForwardOptions("chunked", "on", "on"), ForwardOptions()):
+        got, loss, grads = run(opts)
+        assert torch.equal(got.token_mask, want.token_mask)
+        assert err(got.token_logps, want.token_logps) < TOL, opts
+        assert err(got.logps, want.logps) < TOL, opts
+        assert err(loss, want_loss) < TOL, opts
+        for a, b in zip(grads, want_g):
+            assert err(a, b) < TOL, opts
+
+
+def test_shared_rows_compute_each_prompt_once_and_split_wide_groups():
+    """The layout: a group of 8 samples is one unit (its prompt once) in rows of fewer token slots
+    than the padded batch; a width too narrow for a whole group splits it into several units, each
+    with its own copy of the prompt, and the log-probs stay exact."""
+    from harness.modeling.packing import share_prompts, shared_token_logps
+
+    model = tiny_llama()
+    examples = grouped_examples(seed=1)
+    batch = collate(examples, 0, ("completion",))
+    B, T = batch.input_ids.shape
+    with torch.no_grad():
+        want = forward.per_position_logps(model, batch, ForwardOptions("plain", "off", "off"))
+        for width, units in ((4 * T, 3), (T, None)):
+            rows = share_prompts(batch.input_ids, batch.attention_mask, batch.loss_mask, width=width)
+            assert rows is not None and rows.packed_slots < rows.padded_slots
+            assert rows.input_ids.shape[1] <= width
+            n_units = len(set(rows.unit[rows.branch >= 0].tolist()))
+            assert n_units == units if units else n_units > 3
+            # every row of the batch appears, each completion token once
+            assert sorted(set(rows.branch[rows.branch >= 0].tolist())) == list(range(B))
+            assert int((rows.branch >= 0).sum()) == int(batch.loss_mask.sum())
+            got = shared_token_logps(model, rows)
+            assert err(got, want) < TOL
+
+
+def test_share_prompts_declines_what_it_cannot_share():
+    from harness.modeling.packing import share_prompts
+
+    unique = collate(examples_for("sft", seed=3, n=8), 0, ("completion",))
+    assert share_prompts(unique.input_ids, unique.attention_mask, unique.loss_mask) is None  # no prompt repeats
+    batch = collate(grouped_examples(), 0, ("completion",))
+    holes = batch.loss_mask.clone()
+    row = int(batch.attention_mask.sum(1).argmax())
+    holes[row, int(batch.attention_mask[row].sum()) - 2] = 0  # a completion that is not one suffix
+    assert share_prompts(batch.input_ids, batch.attention_mask, holes) is None
+    left = batch.attention_mask.flip(1)  # left padding
+    assert share_prompts(batch.input_ids, left, batch.loss_mask) is None
+    assert forward._shared_rows(tiny_llama(), batch, ForwardOptions(share_prompts="off"), "chunked") is None
+    assert forward._shared_rows(tiny_llama(), batch, ForwardOptions(), "plain") is None
+
+
+def test_auto_sharing_leaves_pairs_with_long_answers_alone():
+    """A DPO batch of long answers to short prompts saves under 20% by sharing: auto leaves it to
+    packing/padding (no change there); a GRPO-shaped batch is shared (on a model wide enough for a
+    group to fit one row: rows are at most 1.5 hidden sizes wide, and tiny_llama's is 32)."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, max_position_embeddings=256))
+    g = random.Random(0)
+    pairs = []
+    for i in range(8):
+        prompt = [g.randrange(1, VOCAB) for _ in range(4)]
+        pairs.append({"idx": i, "segments": {s: {"input_ids": prompt + [g.randrange(1, VOCAB) for _ in range(60)],
+                                                 "prompt_len": 4} for s in ("chosen", "rejected")}})
+    dpo = collate(pairs, 0, ("chosen", "rejected"))
+    assert forward._shared_rows(model, dpo, ForwardOptions(), "chunked") is None
+    assert forward._shared_rows(model, dpo, ForwardOptions(share_prompts="on"), "chunked") is not None
+    grpo = collate(grouped_examples(), 0, ("completion",))
+    assert forward._shared_rows(model, grpo, ForwardOptions(), "chunked") is not None
+
+
+def test_shared_prompts_are_not_used_past_a_sliding_window(monkeypatch):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+                                             max_position_embeddings=256, attn_implementation="eager"))
+    batch = collate(grouped_examples(seed=2), 0, ("completion",))
+    assert forward._shared_rows(model, batch, ForwardOptions(share_prompts="on"), "chunked") is None
+    got = forward_segments(model, batch, "causal_lm", options=ForwardOptions("chunked", "off", "on"))
+    want = forward_segments(model, batch, "causal_lm", options=ForwardOptions("plain", "off", "off"))
+    assert err(got["completion"].logps, want["completion"].logps) < TOL

@@ -15,7 +15,9 @@ from harness.modeling.generation import (
     SamplingParams,
     as_messages,
     completion_logprobs,
+    engine_unsupported_reason,
     generate,
+    generate_batches,
     is_adapter_dir,
     load_causal_lm,
     resolve_model_dir,
@@ -110,6 +112,79 @@ def test_completion_logprobs_equal_the_sampling_distribution(tiny, prompts):
     assert torch.allclose(completion_logprobs(model, many, tok.pad_token_id, batch_size=4), one_by_one, atol=1e-4)
 
 
+ENGINE_PARAMS = [
+    SamplingParams(temperature=1.0, max_new_tokens=24, num_return_sequences=4),
+    SamplingParams(temperature=0.7, top_p=0.9, top_k=20, max_new_tokens=16, num_return_sequences=3),
+    SamplingParams(temperature=0.0, max_new_tokens=20),
+]
+
+
+@pytest.mark.parametrize("params", ENGINE_PARAMS, ids=["t1", "t0.7-top_p-top_k", "greedy"])
+def test_batched_engine_samples_what_generate_samples_per_batch(tiny, params):
+    """generate_batches decodes several seeded batches at once (prompts prefilled once for their
+    samples, finished rows dropped) and must give each batch what generate gives it alone: the
+    same draws from the same per-batch seed, so the same tokens, texts and finish reasons."""
+    from dataclasses import replace
+
+    model, tok = tiny
+    assert engine_unsupported_reason(model, tok, params) is None
+    pool = get_world("toy").eval_prompts()
+    batches = [(pool[0:5], 7), (pool[5:8], 8), (pool[8:14], 9)]  # prompts of several lengths, uneven batches
+    fast = generate_batches(model, tok, batches, params, logprobs=True)
+    hf = generate_batches(model, tok, batches, params, engine="hf")
+    assert len(fast) == len(batches)
+    for (ps, seed), got, via_hf in zip(batches, fast, hf):
+        want = generate(model, tok, ps, replace(params, seed=seed), batch_size=len(ps))
+        assert [(c.prompt_index, c.sample_index) for c in got] == [(c.prompt_index, c.sample_index) for c in want]
+        assert [c.token_ids for c in got] == [c.token_ids for c in want]
+        assert [c.text for c in got] == [c.text for c in want]
+        assert [c.finish_reason for c in got] == [c.finish_reason for c in want]
+        assert [c.prompt_ids for c in got] == [c.prompt_ids for c in want]
+        assert [c.token_ids for c in via_hf] == [c.token_ids for c in want] and all(c.logprobs is None for c in via_hf)
+    # a batch's samples do not depend on the batches decoded with it
+    alone = generate_batches(model, tok, batches[1:2], params)[0]
+    assert [c.token_ids for c in alone] == [c.token_ids for c in fast[1]]
+
+
+def test_batched_engine_log_probs_are_the_models_own(tiny):
+    """Completion.logprobs (read while sampling at any temperature) are the model's temperature-1
+    log-probs of the sampled tokens: a forward over the finished sequences gives them to 1e-5."""
+    from harness.data.batching import collate
+    from harness.modeling.forward import ForwardOptions, forward_segments
+
+    model, tok = tiny
+    pool = get_world("toy").eval_prompts()
+    for params in ENGINE_PARAMS[:2]:
+        comps = [c for b in generate_batches(model, tok, [(pool[:4], 1), (pool[4:9], 2)], params, logprobs=True)
+                 for c in b]
+        batch = collate([{"idx": i, "segments": {"completion": {"input_ids": c.prompt_ids + c.token_ids,
+                                                                "prompt_len": len(c.prompt_ids)}}}
+                         for i, c in enumerate(comps)], tok.pad_token_id, ("completion",))
+        with torch.no_grad():
+            seq = forward_segments(model, batch, "causal_lm", tokens=True,
+                                   options=ForwardOptions("plain", "off", "off"))["completion"]
+        for i, c in enumerate(comps):
+            assert len(c.logprobs) == c.n_tokens
+            assert torch.allclose(torch.tensor(c.logprobs), seq.token_logps[i, :c.n_tokens], atol=1e-5)
+
+
+def test_batched_engine_hands_what_it_cannot_reproduce_to_generate(tiny, prompts):
+    model, tok = tiny
+    stop = SamplingParams(temperature=0.0, max_new_tokens=24, stop=(" was",))
+    assert "stop strings" in engine_unsupported_reason(model, tok, stop)
+    got = generate_batches(model, tok, [(prompts, 0)], stop, logprobs=True)[0]
+    assert [c.text for c in got] == [c.text for c in generate(model, tok, prompts, stop, batch_size=len(prompts))]
+    assert all(c.logprobs is None for c in got)
+    before = model.generation_config.repetition_penalty
+    model.generation_config.repetition_penalty = 1.3  # a processor the engine does not apply itself
+    try:
+        assert "RepetitionPenaltyLogitsProcessor" in engine_unsupported_reason(model, tok, SamplingParams())
+    finally:
+        model.generation_config.repetition_penalty = before
+    with pytest.raises(ValueError, match="engine"):
+        generate_batches(model, tok, [(prompts, 0)], engine="vllm")  # type: ignore[arg-type]
+
+
 def test_load_run_dir_and_peft_adapter(tiny, tmp_path, prompts):
     from peft import LoraConfig, get_peft_model
 
@@ -140,6 +215,11 @@ def test_load_run_dir_and_peft_adapter(tiny, tmp_path, prompts):
     a = generate(peft_model, peft_tok, prompts, greedy)
     b = generate(merged, peft_tok, prompts, greedy)
     assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    # the batched engine runs the adapter too (an online LoRA run samples through it)
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=16, num_return_sequences=2, seed=5)
+    assert engine_unsupported_reason(peft_model, peft_tok, sampled) is None
+    assert ([x.token_ids for x in generate_batches(peft_model, peft_tok, [(prompts, 5)], sampled)[0]]
+            == [x.token_ids for x in generate(peft_model, peft_tok, prompts, sampled, batch_size=len(prompts))])
     la = completion_logprobs(peft_model, a, tok.pad_token_id)
     lb = completion_logprobs(merged, a, tok.pad_token_id)
     assert torch.allclose(la, lb, atol=1e-3)

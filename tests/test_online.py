@@ -68,6 +68,39 @@ def test_online_method_trains_and_resumes_mid_rollout(run_spec, method):
     assert losses(resumed) == pytest.approx(first, abs=1e-6)
 
 
+@pytest.mark.parametrize("method,extra", [("grpo", ["method.group_size=4", "method.iterations=2"]),
+                                          ("ppo", ["method.epochs=2", "method.minibatches=2", "train.max_steps=8"])])
+def test_batched_rollout_equals_generate_per_chunk(run_spec, monkeypatch, method, extra):
+    """train.rollout_engine=auto (the batched decode: prompts prefilled once for their samples,
+    finished rows dropped, the old log-probs read while sampling) gives the rollouts of hf
+    (transformers' generate per chunk, a forward for the old log-probs): the same samples, rewards
+    and advantages, the same per-token old and reference log-probs (and values) to 1e-5, hence the
+    same losses.  Two chunks per rollout (grad_accum=2), several updates per rollout."""
+    from harness.training import rollout
+
+    buffers: dict[str, list] = {}
+    real = rollout.RolloutSource._rollout
+
+    def spy(self, cycle):
+        out = real(self, cycle)
+        buffers.setdefault(self.engine, []).append(out)
+        return out
+
+    monkeypatch.setattr(rollout.RolloutSource, "_rollout", spy)
+    common = [f"method={method}", "train.batch_size=2", "train.grad_accum=2", "train.lr=1e-3",
+              "method.max_new_tokens=12", *extra]
+    runs = {e: execute(run_spec(*common, f"train.rollout_engine={e}", f"name={e}")) for e in ("auto", "hf")}
+    fast, slow = buffers["auto"], buffers["hf"]
+    assert len(fast) == len(slow) >= 2
+    for a, b in zip(fast, slow):
+        assert [x["segments"] for x in a["examples"]] == [x["segments"] for x in b["examples"]]
+        assert a["given"].keys() == b["given"].keys() and "old_logps" in a["given"]
+        for key in a["given"]:
+            assert torch.allclose(a["given"][key], b["given"][key], atol=1e-5), key
+        assert a["metrics"]["rollout/reward_mean"] == b["metrics"]["rollout/reward_mean"]
+    assert losses(runs["auto"]) == pytest.approx(losses(runs["hf"]), abs=1e-5)
+
+
 def test_ppo_critic_starts_from_the_reward_model_and_logs_its_diagnostics(run_spec, tmp_path):
     rm = execute(run_spec("method=reward", "name=rm", "train.max_steps=3"))
     run = execute(run_spec("method=ppo", f"reward={rm.path}", "train.batch_size=2", "method.max_new_tokens=6",

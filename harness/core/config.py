@@ -285,6 +285,13 @@ class TrainSpec:
     logprobs: Literal["auto", "chunked", "plain"] = "auto"
     #: padding-free batches: auto packs a micro-batch when that removes >= 20% of its token slots
     packing: Literal["auto", "on", "off"] = "auto"
+    #: rows repeating a prompt (a GRPO group, a DPO pair) compute it once: auto shares when that
+    #: removes >= 20% of the token slots left after packing; chunked log-probs only
+    share_prompts: Literal["auto", "on", "off"] = "auto"
+    #: online methods' sampling: auto = a batched decode (each chunk seeded as before: the same
+    #: samples as hf up to float rounding; a prompt's prefill shared by its samples; finished rows
+    #: dropped; in fp32 all chunks of a rollout at once), hf = transformers' generate per chunk
+    rollout_engine: Literal["auto", "hf"] = "auto"
     #: recompute activations in the backward pass (less memory, more time)
     gradient_checkpointing: bool = False
     #: write a metrics row every N optimizer steps
@@ -522,6 +529,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_short(value)}")
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off (train.packing=off) as a bool
         if value not in choices:
             hint = did_you_mean(str(value), [str(c) for c in choices])
             raise ConfigError(

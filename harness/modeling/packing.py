@@ -57,8 +57,12 @@ import torch
 from harness.modeling.logprobs import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_CHUNK_VOCAB,
+    _call,
     completion_token_logps,
     eval_mode,
+    head_bypassed,
+    head_compute_dtype,
+    label_logprobs,
     token_logps,
     unwrap_model,
 )
@@ -399,6 +403,213 @@ def packed_token_logps(
                          chunk_vocab=chunk_vocab, path=path, **kwargs)
     flat = torch.cat([per.reshape(-1), per.new_zeros(1)])
     return flat[rows.back]
+
+
+# --------------------------------------------------------------------------- shared prompts
+
+
+#: a shared-prompt row is at most this many hidden sizes wide (or the padded width, if wider):
+#: its attention scores (2·H·W² multiply-adds a layer, all computed under a dense mask) then stay
+#: below a quarter of its projections' (about 12·H²·W for a Llama block), whatever the model size
+SHARED_WIDTH_PER_HIDDEN = 1.5
+
+
+@dataclass
+class SharedRows:
+    """A right-padded batch whose rows repeat prompts, re-laid so each prompt is computed once per
+    *unit*: a unit is one prompt followed by completions of rows that share it, each completion
+    at the positions it has in its own row (``P .. P+n-1``) and attending to the prompt and to its
+    own earlier tokens only (a tree mask: ``unit`` and ``branch`` below).  Units are placed end
+    to end in rows of at most ``width`` tokens (the rest of a row is padding that attends only to
+    itself and is never attended to).
+
+    Next-token log-probs are read where the padded batch would read them: completion token j of
+    a row is predicted by its unit's last prompt position (j = 0, shared by the unit's
+    completions) or by its own token j-1.  ``src`` indexes the flattened packed outputs
+    ``[R·W]``, ``labels`` are the predicted tokens and ``dst`` indexes the padded batch's
+    flattened per-position log-probs ``[B·(T-1)]`` (see :func:`shared_token_logps`).
+    """
+
+    input_ids: torch.Tensor  # [R, W]
+    position_ids: torch.Tensor  # [R, W]
+    unit: torch.Tensor  # [R, W] long, the unit of each token (pads: a unit of their own per row)
+    branch: torch.Tensor  # [R, W] long, -1 on prompt (and pad) tokens, else the row of the batch
+    src: torch.Tensor  # [K] long
+    labels: torch.Tensor  # [K] long
+    dst: torch.Tensor  # [K] long
+    batch_shape: tuple[int, int]  # (B, T) of the padded batch
+    padded_slots: int
+    packed_slots: int
+    #: longest sequence (prompt + completion) of the batch: the sliding-window check
+    max_seqlen: int
+
+    def mask(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """[R, 1, W, W]: token q sees token k iff same unit, k <= q, and k is a prompt token or of
+        q's own completion.  ``dtype`` as in :func:`block_causal_mask` (None: boolean for sdpa)."""
+        W = self.unit.shape[1]
+        causal = torch.ones(W, W, dtype=torch.bool, device=self.unit.device).tril()
+        same_unit = self.unit[:, :, None] == self.unit[:, None, :]
+        visible = (self.branch[:, None, :] == -1) | (self.branch[:, :, None] == self.branch[:, None, :])
+        allowed = (same_unit & visible & causal)[:, None]
+        if dtype is None:
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _balanced(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Items (by length) into as few bins of ``capacity`` as a balanced fill allows: the fewest
+    bins the total could need, longest item first into the emptiest bin; one more bin whenever a
+    bin overflows.  Balanced bins are what rows padded to the fullest one want.  Deterministic."""
+    if not lengths:
+        return []
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    n_bins = max(1, -(-sum(lengths) // capacity))
+    while True:
+        bins: list[list[int]] = [[] for _ in range(n_bins)]
+        fill = [0] * n_bins
+        for i in order:
+            b = min(range(n_bins), key=lambda k: (fill[k], k))
+            bins[b].append(i)
+            fill[b] += lengths[i]
+        if max(fill) <= capacity or n_bins >= len(lengths):
+            return [sorted(b) for b in bins if b]
+        n_bins += 1
+
+
+def share_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+                  width: int | None = None) -> SharedRows | None:
+    """Right-padded rows -> :class:`SharedRows`, or None when no two rows share a prompt, the batch
+    is not right-padded, or a row's completion tokens are not one suffix of it.
+
+    A row's prompt is everything before its first completion token (at least its first token,
+    which no position predicts).  Rows with the same prompt ids are grouped; a group's completions
+    are split into units of at most ``width`` tokens with the prompt (``width`` defaults to the
+    padded width T and is never below it), and units into rows, both by :func:`_balanced`.
+    """
+    B, T = input_ids.shape
+    dev = input_ids.device
+    if B < 2:
+        return None
+    lengths_t = attention_mask.sum(dim=1)
+    valid = torch.arange(T, device=dev)[None, :] < lengths_t[:, None]
+    if not torch.equal(attention_mask.bool(), valid):
+        return None
+    lm = loss_mask.bool() & valid
+    has = lm.any(dim=1)
+    first = torch.where(has, lm.float().argmax(dim=1), lengths_t)
+    # completion tokens must be exactly the positions from the first one to the row's end
+    suffix = torch.arange(T, device=dev)[None, :] >= first[:, None]
+    if not torch.equal(lm, suffix & valid):
+        return None
+    W = max(T, int(width or 0))
+    lengths = [int(n) for n in lengths_t.tolist()]
+    plen = [max(int(p), 1) for p in first.tolist()]
+    rows_ids = input_ids.tolist()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for r in range(B):
+        if lengths[r] > plen[r]:  # rows without completion tokens need no forward at all
+            groups.setdefault(tuple(rows_ids[r][:plen[r]]), []).append(r)
+    if not groups or all(len(m) < 2 for m in groups.values()):
+        return None
+    # units: (prompt ids, member rows), each at most W tokens
+    units: list[tuple[list[int], list[int]]] = []
+    for prompt, members in groups.items():
+        P = len(prompt)
+        comp = [lengths[r] - P for r in members]
+        for part in _balanced(comp, W - P):
+            units.append((list(prompt), [members[k] for k in part]))
+    unit_len = [len(p) + sum(lengths[r] - len(p) for r in mem) for p, mem in units]
+    placement = _balanced(unit_len, W)
+    R = len(placement)
+    Wr = max(sum(unit_len[u] for u in row) for row in placement)
+    ids = torch.zeros(R, Wr, dtype=input_ids.dtype)
+    pos = torch.zeros(R, Wr, dtype=torch.long)
+    unit = torch.zeros(R, Wr, dtype=torch.long)
+    branch = torch.full((R, Wr), -1, dtype=torch.long)
+    src: list[torch.Tensor] = []
+    dst: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    ids_cpu = input_ids.cpu()
+    for r, row in enumerate(placement):
+        off = 0
+        for u in row:
+            unit_prompt, members = units[u]
+            P = len(unit_prompt)
+            ids[r, off:off + P] = torch.tensor(unit_prompt, dtype=input_ids.dtype)
+            pos[r, off:off + P] = torch.arange(P)
+            unit[r, off:off + unit_len[u]] = u
+            last_prompt = r * Wr + off + P - 1
+            c = off + P
+            for m in members:
+                n = lengths[m] - P
+                ids[r, c:c + n] = ids_cpu[m, P:lengths[m]]
+                pos[r, c:c + n] = torch.arange(P, P + n)
+                branch[r, c:c + n] = m
+                s = torch.arange(r * Wr + c - 1, r * Wr + c + n - 1)
+                s[0] = last_prompt
+                src.append(s)
+                labels.append(ids_cpu[m, P:lengths[m]])
+                dst.append(m * (T - 1) + torch.arange(P - 1, P - 1 + n))
+                c += n
+            off += unit_len[u]
+        # the row's tail: padding, a unit of its own with restarting positions
+        unit[r, off:] = len(units) + r
+        pos[r, off:] = torch.arange(Wr - off)
+    return SharedRows(ids.to(dev), pos.to(dev), unit.to(dev), branch.to(dev), torch.cat(src).to(dev),
+                      torch.cat(labels).to(dev), torch.cat(dst).to(dev), (B, T), B * T, R * Wr, max(lengths))
+
+
+def shared_mode_supported(model: Any) -> bool:
+    """Shared-prompt rows need an explicit 4D mask honoured by the model's attention (mode
+    ``"mask"``, probed once per model like :func:`packing_mode`); flash-attention takes no such
+    mask and prompt learning shares its own prefix, so neither can."""
+    impl = _attn_implementation(model)
+    hit = _SHARED_CACHE.get(model)
+    if hit is not None and hit[0] == impl:
+        return hit[1]
+    ok = "mask" in _candidates(model) and isolation_probe(model, "mask")
+    _SHARED_CACHE[model] = (impl, ok)
+    return ok
+
+
+_SHARED_CACHE: weakref.WeakKeyDictionary[Any, tuple[str, bool]] = weakref.WeakKeyDictionary()
+
+
+def shared_width(model: Any, padded_width: int) -> int:
+    """The widest shared-prompt row for ``model``: ``SHARED_WIDTH_PER_HIDDEN`` x its hidden size,
+    or the padded width if that is wider."""
+    cfg = unwrap_model(model).config
+    get = getattr(cfg, "get_text_config", None)
+    hidden = getattr(get() if callable(get) else cfg, "hidden_size", None)
+    return max(padded_width, int(SHARED_WIDTH_PER_HIDDEN * hidden) if hidden else 0)
+
+
+def shared_token_logps(
+    model: Any,
+    rows: SharedRows,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_vocab: int | None = DEFAULT_CHUNK_VOCAB,
+) -> torch.Tensor:
+    """The padded batch's per-position log-probs [B, T-1] (0 off the loss mask, as
+    :func:`harness.modeling.logprobs.token_logps` returns them), from one forward over the
+    shared-prompt rows: the final hidden states (head bypassed) at ``rows.src``, projected by the
+    chunked head onto ``rows.labels`` (the chunked path only: the caller checks it is exact)."""
+    dtype = None if _attn_implementation(model) == "sdpa" else _model_dtype(model)
+    seen: dict[str, Any] = {}
+    R, W = rows.input_ids.shape
+    with head_bypassed(model, seen) as head:
+        hidden, keep = _call(model, rows.input_ids, rows.mask(dtype), W, {"position_ids": rows.position_ids})
+    if keep != W or hidden.shape[-1] != head.in_features:
+        raise RuntimeError(f"{type(unwrap_model(model)).__name__}.forward did not return one hidden state per input "
+                           "position; shared-prompt rows need the plain forward")
+    h = hidden.reshape(R * W, -1)[rows.src].to(head.weight.device)
+    cdt = seen.get("dtype") or head_compute_dtype(h, head.weight)
+    picked = label_logprobs(h, head.weight, rows.labels.to(head.weight.device), head.bias, chunk_rows=chunk_rows,
+                            chunk_vocab=chunk_vocab, compute_dtype=cdt)
+    B, T = rows.batch_shape
+    out = torch.zeros(B * (T - 1), dtype=torch.float32, device=rows.input_ids.device)
+    return out.index_put((rows.dst,), picked.to(out.device)).view(B, T - 1)
 
 
 # --------------------------------------------------------------------------- planning

@@ -22,6 +22,7 @@ from harness.data.batching import tokenize_records
 from harness.data.load import load_records
 from harness.modeling import peft_setup
 from harness.modeling.critic import Critic, load_critic
+from harness.modeling.forward import ForwardOptions, configure
 from harness.modeling.generation import resolve_model_dir
 from harness.training.rewards import build_source, parse_source
 from harness.training.rollout import RolloutSource
@@ -86,6 +87,7 @@ def setup_online(prep: Any, spec: RunSpec, model: Any, accelerator: Any,
         else:
             frozen = load_reference().to(accelerator.device).eval()
             frozen.requires_grad_(False)
+            configure(frozen, ForwardOptions(t.logprobs, t.packing, t.share_prompts))
 
             @contextlib.contextmanager
             def reference() -> Iterator[Any]:
@@ -110,7 +112,7 @@ def setup_online(prep: Any, spec: RunSpec, model: Any, accelerator: Any,
         adapter=adapter, hp=hp, plan=plan, prompts=[r["prompt"] for r in prep.train_records],
         tokenizer=prep.tokenizer, reward=reward, accelerator=accelerator, batch_size=t.batch_size,
         grad_accum=t.grad_accum, seed=spec.seed, max_prompt_length=t.max_prompt_length, reference=reference,
-        autocast=autocast, aux_examples=aux, aux_coef=coef,
+        autocast=autocast, aux_examples=aux, aux_coef=coef, engine=t.rollout_engine,
     )
     total = RolloutSource.steps_for(len(prep.train_records), plan, t.batch_size, t.grad_accum,
                                     accelerator.num_processes, t.epochs, t.max_steps)

@@ -9,19 +9,36 @@ rollout buffer that it refills every ``plan.updates`` steps.  A refill, for this
 share of the cycle's prompts:
 
 1. **generate** ``samples_per_prompt`` completions per prompt with the current policy
-   (:func:`harness.modeling.generation.generate`: batched, KV cache, seeded per cycle and
-   process, so a resumed run draws the same samples);
+   (:func:`harness.modeling.generation.generate_batches`: a batched decode with the KV cache,
+   each prompt's prefill shared by its samples, finished rows dropped; ``train.rollout_engine=hf``
+   calls transformers' ``generate`` instead), one decode per chunk of ``batch_size`` prompts,
+   seeded by (seed, cycle, chunk);
 2. **score** them with the run's reward source (:mod:`harness.training.rewards`); pairwise
    methods (OAIF) turn the two samples of a prompt into a (chosen, rejected) pair by the
    annotator's preference;
-3. compute the **old policy's** per-token log-probs, the **reference's** (the starting
-   weights: a frozen copy, or the base with the adapter disabled under PEFT) and, with a
-   critic, the **values**, all in completion space (entry j = the j-th completion token);
+3. compute the **old policy's** per-token log-probs (in fp32 read while sampling, from the
+   logits at temperature 1 the decode computes anyway; under bf16 autocast one forward), the
+   **reference's** (the starting weights: a frozen copy, or the base with the adapter disabled
+   under PEFT) and, with a critic, the **values**, all in completion space (entry j = the j-th
+   completion token); the forwards compute a prompt once for all its samples
+   (:mod:`harness.modeling.forward`'s prompt sharing);
 4. hand them to the method's ``advantages`` (scalar rewards) and keep the per-sample tensors.
 
-Each optimizer step of the cycle then takes one minibatch of the buffer (a fresh seeded
-shuffle per pass over it), split into ``grad_accum`` micro-batches, with global counts
-(all processes) for the objective's normalisation.  Generation, scoring and optimisation
+Each optimizer step of the cycle then takes one minibatch of the buffer, split into
+``grad_accum`` micro-batches, with global counts (all processes) for the objective's
+normalisation.  With one minibatch per pass (GRPO, RLOO, OAIF, PPO with ``minibatches=1``) a
+step uses the whole rollout and micro-batch k is chunk k; with several, each pass reshuffles
+the process's samples (seeded) into minibatches.
+
+**The process layout does not change the numbers.**  A chunk is the unit of everything
+computed from a rollout: its own seed and decode, its own forward batches, its own micro-batch
+(one minibatch per pass).  A chunk's samples, log-probs and micro-batch loss are therefore the
+same computation, to the bit, whether one process holds all chunks or each process one (only the
+sum of the micro-batches' gradients rounds differently: accumulated here, all-reduced there):
+nothing of a chunk is batched with another chunk, whose rows would change its rounding -- and with prompt
+sharing and the batched decode, per-row results do depend on what else is in the batch, in the
+last bits (enough for Adam to show it in near-zero gradients, and for a sample to change where a
+draw falls on a near-tie).  ``tests/test_multiprocess.py`` checks 2 processes == 1.  Generation, scoring and optimisation
 stay separate parts; their times are logged separately (``time/generation_s``, ...).
 The buffer and the method's state (e.g. an adaptive KL coefficient) are saved with every
 checkpoint, so resuming mid-cycle continues with the same samples.
@@ -42,7 +59,7 @@ from harness.core.contract import MethodAdapter, Normalizer, Rollout, RolloutPla
 from harness.data.batching import Batch, collate
 from harness.modeling.critic import token_values
 from harness.modeling.forward import forward_segments
-from harness.modeling.generation import SamplingParams, generate, prompt_text
+from harness.modeling.generation import SamplingParams, generate_batches, prompt_text
 from harness.modeling.logprobs import eval_mode
 from harness.training.loop import StepBatches, StopTraining, step_examples
 from harness.training.rewards import AnnotationBudgetExhausted
@@ -73,6 +90,7 @@ class RolloutSource:
         reward: Any, accelerator: Any, batch_size: int, grad_accum: int, seed: int, max_prompt_length: int,
         reference: Callable[[], contextlib.AbstractContextManager[Any]] | None, autocast: Any,
         gen_batch_size: int = 64, aux_examples: list[dict[str, Any]] | None = None, aux_coef: float = 0.0,
+        engine: str = "auto",
     ) -> None:
         self.adapter, self.hp, self.plan = adapter, hp, plan
         self.prompts = prompts
@@ -87,6 +105,8 @@ class RolloutSource:
         self.autocast = autocast
         self.gen_batch_size = gen_batch_size
         self.aux_examples, self.aux_coef = aux_examples or [], aux_coef
+        #: generate_batches' engine: "auto" (one batched decode per rollout) or "hf" (generate per chunk)
+        self.engine = engine
         #: prompts of one optimizer step on this process, and of one rollout
         self.step_prompts = batch_size * grad_accum
         self.rollout_prompts = self.step_prompts * plan.minibatches
@@ -132,13 +152,18 @@ class RolloutSource:
             outside = time.perf_counter() - t0
         buf = self.buffer
         epoch, mb = divmod(u, self.plan.minibatches)
-        n = len(buf["examples"])
-        order = list(range(n))
-        random.Random(_seed(self.seed, cycle, epoch, self.rank)).shuffle(order)
-        per_mb = n // self.plan.minibatches
-        chosen = order[mb * per_mb:(mb + 1) * per_mb]
-        per_micro = max(len(chosen) // self.grad_accum, 1)
-        micro = [chosen[i * per_micro:(i + 1) * per_micro] for i in range(self.grad_accum)]
+        spans = buf.get("chunks")  # absent from buffers checkpointed before chunks were recorded
+        if self.plan.minibatches == 1 and spans is not None and len(spans) == self.grad_accum:
+            # a step uses the whole rollout: micro-batch k is chunk k, on any process layout (module docstring)
+            micro = [list(range(lo, hi)) for _, lo, hi in spans]
+        else:
+            n = len(buf["examples"])
+            order = list(range(n))
+            random.Random(_seed(self.seed, cycle, epoch, self.rank)).shuffle(order)
+            per_mb = n // self.plan.minibatches
+            chosen = order[mb * per_mb:(mb + 1) * per_mb]
+            per_micro = max(len(chosen) // self.grad_accum, 1)
+            micro = [chosen[i * per_micro:(i + 1) * per_micro] for i in range(self.grad_accum)]
         batches, given, aux = [], [], []
         segs = buf["segments"]
         local_tokens = {s: 0 for s in segs}
@@ -202,33 +227,66 @@ class RolloutSource:
                 stack.enter_context(self.autocast)
             yield
 
-    def _token_logps(self, model: Any, examples: list[dict[str, Any]], width: int) -> torch.Tensor:
+    def _spans(self, chunk_spans: list[tuple[int, int, int]]) -> Iterator[tuple[int, int]]:
+        """Forward batches: each chunk's rows on their own (at most ``gen_batch_size`` at a time),
+        never two chunks' rows together (see the module docstring)."""
+        for _, lo, hi in chunk_spans:
+            for a in range(lo, hi, self.gen_batch_size):
+                yield a, min(a + self.gen_batch_size, hi)
+
+    def _token_logps(self, model: Any, examples: list[dict[str, Any]], width: int,
+                     chunk_spans: list[tuple[int, int, int]]) -> torch.Tensor:
         out = torch.zeros(len(examples), width)
-        for lo in range(0, len(examples), self.gen_batch_size):
-            b = collate(examples[lo:lo + self.gen_batch_size], self.pad_id, ("completion",)).to(self.acc.device)
+        for lo, hi in self._spans(chunk_spans):
+            b = collate(examples[lo:hi], self.pad_id, ("completion",)).to(self.acc.device)
             seq = forward_segments(model, b, "causal_lm", tokens=True)["completion"]
             assert seq.token_logps is not None
-            out[lo:lo + b.size, :seq.token_logps.shape[1]] = seq.token_logps.float().cpu()
+            out[lo:hi, :seq.token_logps.shape[1]] = seq.token_logps.float().cpu()
         return out
 
-    def _values(self, examples: list[dict[str, Any]], width: int) -> torch.Tensor:
+    def _values(self, examples: list[dict[str, Any]], width: int, chunk_spans: list[tuple[int, int, int]]) -> torch.Tensor:
         out = torch.zeros(len(examples), width)
-        for lo in range(0, len(examples), self.gen_batch_size):
-            b = collate(examples[lo:lo + self.gen_batch_size], self.pad_id, ("completion",)).to(self.acc.device)
+        for lo, hi in self._spans(chunk_spans):
+            b = collate(examples[lo:hi], self.pad_id, ("completion",)).to(self.acc.device)
             v, _ = token_values(self.critic, b)
-            out[lo:lo + b.size, :v.shape[1]] = v.float().cpu()
+            out[lo:hi, :v.shape[1]] = v.float().cpu()
         return out
+
+    def _sampling_logps_exact(self) -> bool:
+        """Are the log-probs read while sampling (the model's logits at temperature 1, through the
+        key/value cache) the old policy's log-probs a forward would give, to rounding?  In fp32
+        (no autocast, fp32 weights, no quantised layers): they agree to ~3e-6
+        (tests/test_online.py); under bf16 the cached and the full forward round differently (~1e-2)."""
+        if self.autocast is not None:
+            return False
+        for m in self.model.modules():
+            if type(m).__module__.startswith("bitsandbytes"):
+                return False
+        return all(p.dtype == torch.float32 for p in self.model.parameters() if p.is_floating_point())
 
     def _rollout(self, cycle: int) -> dict[str, Any]:
         plan = self.plan
         t0 = time.perf_counter()
         prompts: list[Any] = []
         comps = []
-        for chunk, chunk_prompts in self._my_chunks(cycle):
-            params = SamplingParams(max_new_tokens=plan.max_new_tokens, temperature=plan.temperature, top_p=plan.top_p,
-                                    num_return_sequences=plan.samples_per_prompt, seed=_seed(self.seed, cycle, chunk))
-            for c in generate(self.model, self.tok, chunk_prompts, params, batch_size=len(chunk_prompts),
-                              max_prompt_length=self.max_prompt_length):
+        # each chunk of batch_size prompts: its own seed and its own decode (merge=False), so its
+        # samples do not depend on the chunks this process also holds (module docstring)
+        chunks = self._my_chunks(cycle)
+        params = SamplingParams(max_new_tokens=plan.max_new_tokens, temperature=plan.temperature, top_p=plan.top_p,
+                                num_return_sequences=plan.samples_per_prompt)
+        with self.autocast if self.autocast is not None else contextlib.nullcontext():
+            # the model's forward already runs under this autocast (accelerate's wrapper: the same
+            # numbers); one region around the whole decode keeps its weight casts for every step
+            sampled = generate_batches(self.model, self.tok, [(cp, _seed(self.seed, cycle, chunk))
+                                                              for chunk, cp in chunks],
+                                       params, max_prompt_length=self.max_prompt_length,
+                                       engine=self.engine,  # type: ignore[arg-type]
+                                       logprobs=plan.reward != "pairwise" and self._sampling_logps_exact(),
+                                       merge=False)
+        spans = []  # (chunk, first example, end): examples are laid out chunk after chunk
+        for (chunk, chunk_prompts), outs in zip(chunks, sampled, strict=True):
+            spans.append((chunk, len(comps), len(comps) + len(outs)))
+            for c in outs:
                 c.prompt_index += len(prompts)
                 comps.append(c)
             prompts += chunk_prompts
@@ -241,17 +299,22 @@ class RolloutSource:
         t1 = time.perf_counter()
         metrics: dict[str, float] = {}
         if plan.reward == "pairwise":
-            buffer = self._pairs(cycle, comps, instr, texts, examples, metrics)
+            buffer = self._pairs(cycle, comps, instr, texts, examples, metrics, spans)
         else:
             scores = torch.tensor(self.reward.score(instr, texts), dtype=torch.float32)
             t_score = time.perf_counter() - t1
             with self._eval_mode():
-                logps = self._token_logps(self.model, examples, width)
+                if all(c.logprobs is not None for c in comps):  # read while sampling: no forward
+                    logps = torch.zeros(len(comps), width)
+                    for i, c in enumerate(comps):
+                        logps[i, :c.n_tokens] = torch.tensor(c.logprobs)
+                else:
+                    logps = self._token_logps(self.model, examples, width, spans)
                 ref_logps = None
                 if plan.reference_logps and self.reference is not None:
                     with self.reference() as ref_model:
-                        ref_logps = self._token_logps(ref_model, examples, width)
-                values = self._values(examples, width) if self.critic is not None else None
+                        ref_logps = self._token_logps(ref_model, examples, width, spans)
+                values = self._values(examples, width, spans) if self.critic is not None else None
             mask = torch.zeros(len(comps), width, dtype=torch.bool)
             for i, c in enumerate(comps):
                 mask[i, :c.n_tokens] = True
@@ -260,7 +323,7 @@ class RolloutSource:
                               all_reduce=self._all_reduce)
             given = self.adapter.advantages(self.hp, rollout, self.state)  # type: ignore[attr-defined]
             metrics.update({f"rollout/{m}": float(v) for m, v in given.pop("metrics", {}).items()})
-            buffer = {"examples": examples, "given": given, "segments": ("completion",)}
+            buffer = {"examples": examples, "given": given, "segments": ("completion",), "chunks": spans}
             self._sample_metrics(scores, logps, ref_logps, mask, metrics)
             metrics["time/scoring_s"] = t_score
         n_tok = sum(c.n_tokens for c in comps)
@@ -296,7 +359,8 @@ class RolloutSource:
             metrics["rollout/kl_per_token"] = float(kl[0] / kl[1].clamp(min=1))
 
     def _pairs(self, cycle: int, comps: list[Any], instr: list[str], texts: list[str],
-               examples: list[dict[str, Any]], metrics: dict[str, float]) -> dict[str, Any]:
+               examples: list[dict[str, Any]], metrics: dict[str, float],
+               spans: list[tuple[int, int, int]]) -> dict[str, Any]:
         """OAIF: the annotator picks between the two samples of each prompt; ties go to a seeded coin."""
         if self.plan.samples_per_prompt != 2:
             raise ValueError("a pairwise rollout samples exactly 2 completions per prompt")
@@ -313,16 +377,18 @@ class RolloutSource:
             win, lose = (i, j) if p > 0.5 else (j, i)
             seg = {"chosen": examples[win]["segments"]["completion"], "rejected": examples[lose]["segments"]["completion"]}
             pairs.append({"idx": n, "segments": seg, "winner": win})
+        # pair n comes from samples 2n and 2n+1: a chunk's pairs are the halves of its sample span
+        pair_spans = [(c, lo // 2, hi // 2) for c, lo, hi in spans]
         with self._eval_mode():
             ref = {s: torch.zeros(len(pairs)) for s in ("chosen", "rejected")}
             if self.reference is not None:
                 with self.reference() as ref_model:
-                    for lo in range(0, len(pairs), self.gen_batch_size):
-                        bt = collate(pairs[lo:lo + self.gen_batch_size], self.pad_id, ("chosen", "rejected"))
+                    for lo, hi in self._spans(pair_spans):
+                        bt = collate(pairs[lo:hi], self.pad_id, ("chosen", "rejected"))
                         out = forward_segments(ref_model, bt.to(self.acc.device), "causal_lm")
                         for s in ("chosen", "rejected"):
-                            ref[s][lo:lo + bt.size] = out[s].logps.float().cpu()
+                            ref[s][lo:hi] = out[s].logps.float().cpu()
         chosen_len = torch.tensor([float(len(texts[int(p_["winner"])])) for p_ in pairs])
         metrics["rollout/tie_share"] = self._global_mean(torch.tensor([float(ties)]), len(pairs))
         metrics["rollout/chosen_chars"] = self._global_mean(chosen_len, len(pairs))
-        return {"examples": pairs, "given": ref, "segments": ("chosen", "rejected")}
+        return {"examples": pairs, "given": ref, "segments": ("chosen", "rejected"), "chunks": pair_spans}

@@ -561,7 +561,7 @@ def compute_references(prep: Prepared, spec: RunSpec, model: Any, accelerator: A
         if not ref_model:
             ref_model.append(load_model(prep.reference_path, spec, "causal_lm", prep.tokenizer.pad_token_id,
                                         with_peft=False).to(accelerator.device))
-            configure(ref_model[0], ForwardOptions(spec.train.logprobs, spec.train.packing))
+            configure(ref_model[0], ForwardOptions(spec.train.logprobs, spec.train.packing, spec.train.share_prompts))
         return ref_model[0]
 
     def compute(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -814,7 +814,7 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
                 atomic_write_text(run.path / "mixture.json", json.dumps(prep.mixture, indent=1) + "\n")
             accelerator = make_accelerator(spec)
             model = load_model(prep.model_path, spec, adapter.model_kind, prep.tokenizer.pad_token_id).to(accelerator.device)
-            configure(model, ForwardOptions(spec.train.logprobs, spec.train.packing))
+            configure(model, ForwardOptions(spec.train.logprobs, spec.train.packing, spec.train.share_prompts))
             if peft_setup.uses_adapter(spec.peft):
                 peft_setup.register_checkpoint_hooks(accelerator)  # checkpoints hold the adapter only
             ref_train = ref_eval = None
