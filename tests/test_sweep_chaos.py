@@ -185,7 +185,7 @@ def _chaos(workers: Workers, out: Path, rng: random.Random) -> list[str]:
                         done.append(f"killed worker {slot} {'reporting' if finishing else 'running'} {what}")
                         workers.start(slot)
                         faults.pop(0)
-                next_fault = time.monotonic() + rng.uniform(2.0, 5.0)  # the next one a few seconds later
+                next_fault = time.monotonic() + rng.uniform(0.5, 1.5)  # SPREAD spaces them; this only staggers
                 due_since = None
         time.sleep(0.02 if due_since else 0.1)  # a run's completed-but-unreported moment is short
     bad = [(i, p.returncode) for i, p in enumerate(workers.procs) if p.returncode != 0]
@@ -197,7 +197,7 @@ def _chaos(workers: Workers, out: Path, rng: random.Random) -> list[str]:
 
 def test_killed_workers_and_trials_lose_no_completed_trial_and_run_none_twice(
         tmp_path: Path, tiny_base: Path, postgres_url: str) -> None:
-    raw = {"name": "chaos", "base": BASE, "methods": ["dpo", "simpo"], "trials_per_method": 5,
+    raw = {"name": "chaos", "base": BASE, "methods": ["dpo", "simpo"], "trials_per_method": 8,
            "sampler": {"kind": "random", "seed": 0},
            "objective": {"metric": "final_loss", "direction": "minimize"},
            "output_dir": str(tmp_path / "out"), "storage": postgres_url,
