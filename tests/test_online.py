@@ -213,8 +213,11 @@ def test_a_run_stopped_before_its_first_step_is_an_error(run_spec, annotator):
 @pytest.mark.parametrize("method,extra", [
     ("grpo", ["method.group_size=4", "train.lr=2e-3"]),
     ("rloo", ["method.k=4", "train.lr=1e-3"]),
-    ("ppo", ["method.epochs=2", "train.lr=1e-3", "method.kl_coef=0.01", "method.vf_coef=0.5"]),
-    ("online-dpo", ["train.lr=1e-3", "method.beta=0.1"]),
+    # measured over seeds 1-7 on CPU: ppo 0.53-0.83, online-dpo 0.44-0.67 against the base's 0.06; one
+    # sample per prompt left PPO at 0.08-0.74 across seeds (a tiny policy's advantages are that noisy)
+    ("ppo", ["method.epochs=2", "train.lr=1e-3", "method.kl_coef=0.05", "method.vf_coef=0.5",
+             "method.whiten_rewards=true", "method.samples_per_prompt=2", "train.max_steps=30"]),
+    ("online-dpo", ["train.lr=1e-3", "method.beta=0.1", "train.max_steps=30"]),
 ])
 def test_each_online_method_beats_the_sft_base_on_gold_reward_from_the_cli(tmp_path, tiny_base, method, extra):
     out = subprocess.run(
