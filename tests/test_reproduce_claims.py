@@ -61,6 +61,20 @@ def edited(path: str, value) -> dict:
 _DELETE = object()
 
 
+def test_derived_metrics_load(tmp_path):
+    # a pipeline's per-round numbers, the gain over a run's own starting model, a trend placed at a metric
+    raw = edited("claims/0/statistic/metric", "rounds/2/harmlessness")
+    assert load_claims(write(tmp_path, raw)).claims[0].statistic.metric == "rounds/2/harmlessness"
+    for m in ("gain/gold_reward_mean", "gain/gold_reward_by_group/heldout", "baseline_gold_reward_by_group/seen"):
+        assert load_claims(write(tmp_path, edited("claims/0/statistic/metric", m))).claims[0].statistic.metric == m
+    raw = edited("claims/0/statistic", {"kind": "trend", "metric": "gold_reward_mean", "a": {"arm": "simpo"},
+                                        "over": "method.beta", "x_value": "total_params"})
+    assert load_claims(write(tmp_path, raw)).claims[0].statistic.x_value == "total_params"
+    raw["claims"][0]["statistic"]["x_value"] = "total_parms"
+    with pytest.raises(ConfigError, match="unknown metric 'total_parms'"):
+        load_claims(write(tmp_path, raw))
+
+
 def test_a_good_file_loads(tmp_path):
     cf = load_claims(write(tmp_path, GOOD))
     assert cf.key == "paper" and cf.status == "active"
@@ -80,6 +94,9 @@ def test_a_good_file_loads(tmp_path):
     ("claims/0/statistic/metric", "gold_reward_maen", "unknown metric 'gold_reward_maen' (did you mean 'gold_reward_mean'?)"),
     ("claims/0/statistic/b", None, "a difference statistic needs 'b'"),
     ("claims/0/statistic/over", "method.beta", "'over' has no meaning for a difference statistic"),
+    ("claims/0/statistic/x_value", "total_params", "'x_value' has no meaning for a difference statistic"),
+    ("claims/0/statistic/metric", "gain/win_rate", "'win_rate' has no baseline_win_rate column to subtract"),
+    ("claims/0/statistic/metric", "gain/gold_reward_maen", "unknown metric 'gold_reward_maen'"),
     ("claims/0/agreement/direction", "bigger", "'bigger' is not one of"),
     ("claims/0/agreement/threshold", "zero", "threshold: expected"),
     ("claims/0/agreement", {"direction": "within", "low": 0.2, "high": 0.1}, "low (0.2) is above high (0.1)"),
@@ -186,8 +203,8 @@ def test_relabel_pairs_counts_and_flips_exactly():
 def test_the_claims_directory_has_every_paper():
     keys = {p.stem for p in FILES}
     active = {"dpo", "ipo", "cdpo", "lora", "prefix", "qlora", "orpo", "kto", "simpo", "christiano", "instructgpt",
-              "oaif"}
-    pending = {"cai", "flan", "flan-scaling", "alpaca", "self-instruct", "spin", "self-rewarding"}
+              "oaif", "flan", "spin", "self-rewarding", "flan-scaling", "self-instruct", "alpaca", "cai"}
+    pending: set[str] = set()
     assert active | pending <= keys
     for k in pending:
         cf = find_paper(k)

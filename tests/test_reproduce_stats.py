@@ -172,6 +172,58 @@ def test_trend_slope_against_log_x(tmp_path: Path):
     assert value(store, c) == pytest.approx(np.polyfit([1, 10, 100], [0, 1, 2], 1)[0])
 
 
+def test_trend_against_a_metric_of_each_grid_point(tmp_path: Path):
+    # a grid of model names has no numeric value: x_value places each at its parameter count
+    b = StoreBuilder(tmp_path)
+    for name, params, y in (("toy:tiny", 1e3, 0.1), ("toy:small", 1e5, 0.3), ("toy:medium", 1e4, 0.2)):
+        for seed in (0, 1):
+            b.run("sft", {"model.name_or_path": name}, seed, gold=const(y), scalars={"total_params": params})
+    store = load_store(tmp_path, {"sft": ["model.name_or_path"]})
+    c = claim({"kind": "trend", "metric": "gold_reward_mean", "over": "model.name_or_path", "log_x": True,
+               "x_value": "total_params", "a": {"arm": "sft"}})
+    # y = 0.1 * log10(params) - 0.2: slope 0.1 / ln 10 against ln(params); checked: without x_value the
+    # names are not numbers and the statistic is undefined
+    assert value(store, c) == pytest.approx(0.1 / math.log(10))
+    c2 = claim({"kind": "trend", "metric": "gold_reward_mean", "over": "model.name_or_path", "a": {"arm": "sft"}})
+    assert not math.isfinite(value(store, c2))
+
+
+def test_gain_over_the_runs_own_start_is_paired(tmp_path: Path):
+    # gain/<m> = m - baseline_<m> of the same run on the same prompt resample: the base scores vary a lot
+    # across prompts but the gain is 0.2 on every prompt, so its interval has zero width; checked:
+    # subtracting the base's full-data mean instead gives a wide interval
+    rng = np.random.default_rng(1)
+    base = rng.normal(0.0, 1.0, 40)
+    b = StoreBuilder(tmp_path)
+    for seed in (0, 1):
+        b.run("a", {"method.beta": 0.1}, seed, gold=list(base + 0.2), base_gold=list(base))
+    store = load_store(tmp_path, {"a": ["method.beta"]})
+    r = compute_claim(claim({"kind": "value", "metric": "gain/gold_reward_mean", "a": {"arm": "a"}}), store,
+                      BootstrapSpec(resamples=300, seed=0))
+    assert r.value == pytest.approx(0.2) and r.lo == pytest.approx(0.2) and r.hi == pytest.approx(0.2)
+    assert r.sources == ["seeds", "prompts"] and r.verdict == AGREES
+
+
+def test_a_pipelines_rounds_are_metrics(tmp_path: Path):
+    # summary.json's `rounds` list (the results table leaves lists out) read as rounds/<round>/<key>
+    from harness.store.runs import Run
+
+    b = StoreBuilder(tmp_path)
+    for seed, (h0, h2) in enumerate(((0.0, 0.8), (0.1, 0.9))):
+        path = b.run("cai", {"method.beta": 0.1}, seed, method="cai")
+        Run(path).update_summary(rounds=[{"round": 0, "harmlessness": h0, "stage": "start"},
+                                         {"round": 2, "harmlessness": h2, "eval": {"gold_reward_mean": 0.3},
+                                          "revision_harmlessness": [0.1, 0.9]}])
+    store = load_store(tmp_path, {"cai": ["method.beta"]})
+    c = claim({"kind": "difference", "metric": "rounds/2/harmlessness", "a": {"arm": "cai"},
+               "b": {"arm": "cai", "metric": "rounds/0/harmlessness"}})
+    assert value(store, c) == pytest.approx(0.8)
+    assert value(store, claim({"kind": "value", "metric": "rounds/2/eval/gold_reward_mean",
+                               "a": {"arm": "cai"}})) == pytest.approx(0.3)
+    r = compute_claim(c, store, BootstrapSpec(resamples=200, seed=0))
+    assert r.sources == ["seeds"] and r.lo == pytest.approx(0.8) and r.verdict == AGREES
+
+
 @pytest.fixture
 def frontier_store(tmp_path: Path):
     b = StoreBuilder(tmp_path)

@@ -35,6 +35,7 @@ YAML: no code changes.  The schema, top down::
           b: {...}                            # difference: a - b; frontier: a over b's frontier
           over: method.beta                   # spread / trend: the grid key
           log_x: false                        # trend: slope against log(x)
+          x_value: null                       # trend: x is this metric of each grid point (total_params for model names)
           x_metric: kl_mean                   # frontier: the x axis
           measure: share | area               # frontier
           anchor: true                        # frontier: both frontiers start at (0, the reference's value)
@@ -69,12 +70,25 @@ KNOWN_METRICS = (
     "rm_accuracy", "rm_margin_mean", "final_loss", "trainable_params", "total_params", "trainable_share",
     "wall_time_s", "steps",
 )
-#: prefixes of flattened summary sections (any key below them is accepted)
-METRIC_PREFIXES = ("final_metrics/", "eval_loss_metrics/", "last/", "lm_eval/", "judges/", "gold_reward_by_group/")
+#: prefixes of flattened summary sections (any key below them is accepted); ``rounds/<round>/<key>``: a
+#: pipeline's per-round numbers (its summary's ``rounds`` list, read by harness.reproduce.stats)
+METRIC_PREFIXES = ("final_metrics/", "eval_loss_metrics/", "last/", "lm_eval/", "judges/", "gold_reward_by_group/",
+                   "baseline_gold_reward_by_group/", "rounds/")
+#: ``gain/<metric>``: a run's metric minus its ``baseline_<metric>`` (what the evaluation measured for the
+#: starting model on the same prompts), e.g. the gain of instruction tuning over each run's untuned base
+GAIN = "gain/"
 
 
 def check_metric(name: str, where: str) -> None:
     """A statistic's metric must be a known results-table column (typos are named with a hint)."""
+    if name.startswith(GAIN):
+        base = name[len(GAIN):]
+        check_metric(base, where)
+        try:
+            check_metric("baseline_" + base, where)
+        except ConfigError:
+            raise ConfigError(f"{where}: {name!r}: {base!r} has no baseline_{base} column to subtract") from None
+        return
     if name in KNOWN_METRICS or name.startswith(METRIC_PREFIXES):
         return
     raise ConfigError(f"{where}: unknown metric {name!r}{did_you_mean(name, list(KNOWN_METRICS))}; use one of "
@@ -251,6 +265,9 @@ class Statistic:
     b: Selector | None = None
     over: str | None = None
     log_x: bool = False
+    #: trend: each grid point's x is this metric of its chosen configuration (its mean over seeds), not the
+    #: grid value: ``total_params`` places a grid of model names at their sizes
+    x_value: str | None = None
     x_metric: str = "kl_mean"
     measure: Literal["share", "area"] = "share"
     anchor: bool = True
@@ -269,6 +286,8 @@ class Statistic:
         for name, bad in unused.items():
             if bad and getattr(self, name) is not None:
                 raise ValueError(f"{name!r} has no meaning for a {self.kind} statistic")
+        if self.x_value is not None and self.kind != "trend":
+            raise ValueError(f"'x_value' has no meaning for a {self.kind} statistic (trend only)")
 
 
 @dataclass
@@ -446,6 +465,8 @@ def _load(p: Path) -> ClaimsFile:
         check_metric(c.statistic.metric, f"{where}.statistic.metric")
         if c.statistic.kind == "frontier":
             check_metric(c.statistic.x_metric, f"{where}.statistic.x_metric")
+        if c.statistic.x_value is not None:
+            check_metric(c.statistic.x_value, f"{where}.statistic.x_value")
         for side in ("a", "b"):
             sel = getattr(c.statistic, side)
             if sel is not None:
@@ -475,7 +496,8 @@ def for_budget(claim: Claim, budget: Budget) -> Claim:
             return None
         return replace(s, metric=m(s.metric), where={m(k): v for k, v in s.where.items()})
 
-    stat = replace(st, metric=m(st.metric) or st.metric, x_metric=m(st.x_metric) or st.x_metric, a=sel(st.a),
+    stat = replace(st, metric=m(st.metric) or st.metric, x_metric=m(st.x_metric) or st.x_metric,
+                   x_value=m(st.x_value), a=sel(st.a),
                    b=sel(st.b), objective=m(st.objective))
     return replace(claim, statistic=stat, agreement=budget.agreements.get(claim.id, claim.agreement))
 

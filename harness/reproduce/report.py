@@ -90,7 +90,8 @@ def statistic_words(st: Statistic) -> str:
     if st.kind == "spread":
         return f"spread (max - min) of {st.metric} of {_side(st.a)} across {st.over}"
     if st.kind == "trend":
-        return f"slope of {st.metric} of {_side(st.a)} against {'log ' if st.log_x else ''}{st.over}"
+        x = f"{st.x_value} of each {st.over}" if st.x_value else st.over
+        return f"slope of {st.metric} of {_side(st.a)} against {'log ' if st.log_x else ''}{x}"
     measure = "share of a's configurations above b's frontier" if st.measure == "share" else \
         "mean gap between a's and b's frontiers"
     anchor = ", frontiers anchored at the reference policy (KL 0)" if st.anchor else ""
@@ -134,7 +135,7 @@ def claim_plot(paper: str, r: ClaimResult) -> Plot | None:
                 left.plot(np.exp(grid) if st.log_x else grid, icpt + slope * grid, "--", color="grey",
                           label=f"least-squares slope {fmt(slope)}")
                 left.legend(fontsize=8)
-        left.set_xlabel(str(st.over))
+        left.set_xlabel(f"{st.x_value} ({st.over})" if st.x_value else str(st.over))
         left.set_ylabel(st.metric)
     else:
         for side, color in (("a", "tab:blue"), ("b", "tab:orange")):

@@ -14,13 +14,20 @@ run per seed.  A pipeline's stage runs (``<trial>/stages/<stage>``) hang off the
 - ``value``: metric of selector ``a``;
 - ``spread``: max - min of the metric across the values of the grid key ``over`` (at each value,
   the configuration chosen by the objective among those matching ``at``);
-- ``trend``: least-squares slope of the metric against ``over`` (or its log) over those values;
+- ``trend``: least-squares slope of the metric against ``over`` (or its log) over those values (with
+  ``x_value``, against that metric of each value's chosen configuration: ``total_params`` for model names);
 - ``frontier``: arm ``a``'s configurations as points (x = ``x_metric``, y = metric) against arm
   ``b``'s Pareto frontier (lower x, higher y), linearly interpolated, flat beyond its last point
   and, with ``anchor``, starting at the reference policy (x = 0, y = ``baseline_<metric>``, what
   the evaluation measured for the starting model); ``share``: the fraction of ``a``'s points
   strictly above ``b``'s frontier; ``area``: the mean vertical gap between ``a``'s and ``b``'s
   frontiers over [0, the smaller of their largest x].
+
+Besides the results table's columns, a metric may be ``rounds/<round>/<key>``: a pipeline trial's
+per-round numbers (the ``rounds`` list of its summary, harness.pipelines.engine: a CAI round's
+``harmlessness``, a Self-Rewarding round's ``judge_accuracy``), nested sections flattened with ``/``;
+and ``gain/<metric>``: a run's metric minus its ``baseline_<metric>`` on the same draw (paired: the same
+prompt resample for both), the gain over the run's own starting model.
 
 A selector picks, among its arm's configurations matching ``at`` (grid values) and ``where``
 (bounds on a configuration's mean metric), the best by the objective (the sweep's unless the
@@ -55,9 +62,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.reporting.results import results_table
-from harness.reproduce.claims import Agreement, BootstrapSpec, Claim, Selector, Statistic
-from harness.store.runs import read_jsonl
+from harness.reporting.results import flatten, results_table
+from harness.reproduce.claims import GAIN, Agreement, BootstrapSpec, Claim, Selector, Statistic
+from harness.store.runs import Run, read_jsonl
 
 AGREES, DISAGREES, INCONCLUSIVE, NO_DATA = "agrees", "disagrees", "inconclusive", "no data"
 #: metrics recomputed from per-prompt values in samples.jsonl: metric -> (samples field, scale)
@@ -218,9 +225,25 @@ def _samples(path: Path) -> tuple[tuple[str, ...] | None, dict[str, np.ndarray]]
     return prompts, arrays
 
 
+def _round_scalars(path: Path) -> dict[str, Any]:
+    """A pipeline's per-round numbers (its summary's ``rounds`` list) as ``rounds/<round>/<key>`` columns;
+    the results table leaves lists out, so they are read here (nothing for a run that is no pipeline)."""
+    try:
+        rounds = Run(path).summary().get("rounds")
+    except Exception:  # a torn summary: the results table has already named it in `error`
+        return {}
+    if not isinstance(rounds, list):
+        return {}
+    out: dict[str, Any] = {}
+    for entry in rounds:
+        if isinstance(entry, dict) and entry.get("round") is not None:
+            out.update(flatten({k: v for k, v in entry.items() if k != "round"}, f"rounds/{entry['round']}"))
+    return out
+
+
 def _run_data(row: pd.Series, params_keys: Iterable[str]) -> RunData:
     path = Path(str(row["path"]))
-    scalars = {k: _number(v) for k, v in row.items() if isinstance(k, str)}
+    scalars = {k: _number(v) for k, v in {**row.to_dict(), **_round_scalars(path)}.items() if isinstance(k, str)}
     scalars = {k: v for k, v in scalars.items() if math.isfinite(v)}
     params = {k: row.get(k) for k in params_keys}
     prompts, arrays = _samples(path)
@@ -307,6 +330,9 @@ class Draw:
         return self._cache[key]
 
     def _value(self, run: RunData, metric: str) -> float:
+        if metric.startswith(GAIN):
+            base = metric[len(GAIN):]
+            return self._value(run, base) - self._value(run, "baseline_" + base)
         if metric in PER_PROMPT and PER_PROMPT[metric][0] in run.arrays and self.store.prompts is not None:
             field_, scale = PER_PROMPT[metric]
             if metric == "length_controlled_winrate":
@@ -389,15 +415,17 @@ class Evaluation:
 
 
 def _grid(store: StoreData, sel: Selector, over: str, draw: Draw, objective: str | None, direction: str,
-          metric: str) -> list[tuple[float, Cell, float]]:
+          metric: str, x_value: str | None = None) -> list[tuple[float, Cell, float]]:
     groups: dict[Any, list[Cell]] = {}
     for c in candidates(store, sel, draw):
         groups.setdefault(c.params.get(over), []).append(c)
     out = []
     for x, cells in groups.items():
         best = _best(cells, draw, objective, direction)
-        xv = _number(x)
-        if best is not None and math.isfinite(xv):
+        if best is None:
+            continue
+        xv = draw.value(best, x_value) if x_value else _number(x)
+        if math.isfinite(xv):
             out.append((xv, best, draw.value(best, sel.metric or metric, sel.stage)))
     return sorted(out, key=lambda t: t[0])
 
@@ -483,7 +511,7 @@ def evaluate(store: StoreData, st: Statistic, draw: Draw, objective: str | None,
         ev.value = vals[0] - vals[1] if st.kind == "difference" else vals[0]
         return ev
     assert st.over is not None
-    series = _grid(store, st.a, st.over, draw, objective, direction, st.metric)
+    series = _grid(store, st.a, st.over, draw, objective, direction, st.metric, st.x_value)
     ev = Evaluation(math.nan, series={"a": series})
     ys = np.array([y for _, _, y in series])
     xs = np.array([x for x, _, _ in series])
@@ -610,7 +638,7 @@ def compute_claim(claim: Claim, store: StoreData, spec: BootstrapSpec) -> ClaimR
     n_seeds = sorted({len(c.runs) for c in involved.values()})
     if any(len(c.runs) > 1 for c in involved.values()):
         sources.append("seeds")
-    metrics = {st.metric, *(s.metric for s in (st.a, st.b) if s is not None and s.metric)}
+    metrics = {m.removeprefix(GAIN) for m in (st.metric, *(s.metric for s in (st.a, st.b) if s is not None and s.metric))}
     if spec.prompts and store.prompts is not None and any(
             m in PER_PROMPT and PER_PROMPT[m][0] in r.arrays for m in metrics for c in involved.values()
             for r in c.runs):
