@@ -112,9 +112,10 @@ def run(args: list[str] = typer.Argument(None, help="[SPEC.yaml] key=value ...")
     s = r.summary()
     console.print(f"[green]completed[/] {r.path}")
     for rnd in s.get("rounds", []):  # a pipeline: one line per round
-        e = rnd.get("eval", {})
+        rnd_eval = rnd.get("eval", {})
         console.print(f"  round {rnd['round']} ({rnd.get('stage')}): " + "  ".join(
-            f"{k} {e[k]:.3f}" for k in ("gold_reward_mean", "win_rate") if isinstance(e.get(k), (int, float))),
+            f"{k} {rnd_eval[k]:.3f}" for k in ("gold_reward_mean", "win_rate")
+            if isinstance(rnd_eval.get(k), (int, float))),
             highlight=False)
     if s.get("pipeline"):
         return

@@ -87,8 +87,8 @@ def _list(papers: dict[str, Any], runs: Path) -> None:
                          cells["tiny"], cells["quick"], cells["full"]])
         for (_, budget), p in plans.items():
             if budget == "quick" and not isinstance(p, ConfigError) and total_quick is not None:
-                e = estimate(p, calibration)
-                total_quick = None if e.seconds is None else total_quick + e.seconds
+                quick = estimate(p, calibration)
+                total_quick = None if quick.seconds is None else total_quick + quick.seconds
     table = Table(["paper", "claim", "what it says", "paper's figure/table", "statistic: spec", "tiny (tests)",
                    "quick (CPU)", "full (GPU node)"], rows)
     print_table(console, table, title="harness reproduce: claims", keys=2,

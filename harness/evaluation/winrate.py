@@ -73,10 +73,13 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 from scipy.optimize import minimize
+
+#: a flat sequence of numbers: a list or a 1-d array (both go through ``np.asarray``)
+Floats: TypeAlias = Sequence[float] | np.ndarray
 
 COLUMNS = (
     "win_rate",
@@ -109,7 +112,7 @@ INTERCEPT_BOUND = 30.0
 # --------------------------------------------------------------------------- validation
 
 
-def _as_array(name: str, values: Sequence[float], n: int | None = None) -> np.ndarray:
+def _as_array(name: str, values: Floats, n: int | None = None) -> np.ndarray:
     arr = np.asarray(values, dtype=float)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a flat sequence of numbers, got shape {arr.shape}")
@@ -123,7 +126,7 @@ def _as_array(name: str, values: Sequence[float], n: int | None = None) -> np.nd
     return arr
 
 
-def _check_preferences(prefs: Sequence[float]) -> np.ndarray:
+def _check_preferences(prefs: Floats) -> np.ndarray:
     y = _as_array("preferences", prefs)
     if len(y) == 0:
         raise ValueError("preferences is empty: no judged pairs to compute a win rate from")
@@ -134,7 +137,7 @@ def _check_preferences(prefs: Sequence[float]) -> np.ndarray:
     return y
 
 
-def _check_lengths(name: str, values: Sequence[float], n: int) -> np.ndarray:
+def _check_lengths(name: str, values: Floats, n: int) -> np.ndarray:
     arr = _as_array(name, values, n)
     bad = np.flatnonzero(arr < 0)
     if len(bad):
@@ -258,9 +261,9 @@ class LengthControlledFit:
 
 
 def fit_length_controlled(
-    preferences: Sequence[float],
-    candidate_lengths: Sequence[float],
-    baseline_lengths: Sequence[float],
+    preferences: Floats,
+    candidate_lengths: Floats,
+    baseline_lengths: Floats,
     instruction_ids: Sequence[Hashable] | None = None,
     *,
     difficulty: Mapping[Hashable, float] | None = None,
@@ -418,9 +421,9 @@ def _bootstrap_lc_se(
 
 
 def pairwise_stats(
-    preferences: Sequence[float],
-    candidate_lengths: Sequence[float],
-    baseline_lengths: Sequence[float],
+    preferences: Floats,
+    candidate_lengths: Floats,
+    baseline_lengths: Floats,
     instruction_ids: Sequence[Hashable] | None = None,
     *,
     difficulty: Mapping[Hashable, float] | None = None,

@@ -32,7 +32,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from harness.core.config import RunSpec, merge_raw, resolve, spec_to_dict
 from harness.core.judging import mean_judgement, self_reward_score
@@ -54,6 +54,9 @@ from harness.worlds.base import spec_world, world_options
 
 #: bump when a stage kind's outputs change meaning: every stage key includes it
 STAGE_VERSION = "1"
+
+#: what a transform function returns: its rows, or its rows and statistics to record
+TransformResult: TypeAlias = list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, Any]]
 
 
 class PipelineError(RuntimeError):
@@ -217,7 +220,7 @@ class PipelineContext:
                      model=model.key if isinstance(model, Endpoint) else model.path)
         return Rows(r.path / "rows.jsonl", key)
 
-    def transform(self, name: str, fn: Callable[..., list[dict[str, Any]]], *inputs: Rows, **params: Any) -> Rows:
+    def transform(self, name: str, fn: Callable[..., TransformResult], *inputs: Rows, **params: Any) -> Rows:
         """Rows built by a pure function of input rows (``fn(*rows_lists, **params)``): pairs,
         filters, mixtures.  ``fn`` may also return ``(rows, stats)`` to record statistics."""
         done, key = self._stage(name, "transform", {"fn": fn, **params}, inputs)
@@ -225,6 +228,8 @@ class PipelineContext:
             return Rows(done.path / "rows.jsonl", key)
         r = self._begin(name, "transform", key, {"fn": fn, **params}, inputs)
         result = fn(*[i.load() for i in inputs], **params)
+        rows: list[dict[str, Any]]
+        stats: dict[str, Any]
         rows, stats = result if isinstance(result, tuple) else (result, {})
         if not rows:
             r.set_status("failed", error=f"stage {name} produced no rows ({stats})")

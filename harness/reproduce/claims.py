@@ -488,17 +488,20 @@ def for_budget(claim: Claim, budget: Budget) -> Claim:
     if st is None:
         return claim
 
-    def m(name: str | None) -> str | None:
-        return budget.metrics.get(name, name) if name is not None else None
+    def m(name: str) -> str:
+        return budget.metrics.get(name, name)
+
+    def m_opt(name: str | None) -> str | None:
+        return m(name) if name is not None else None
 
     def sel(s: Selector | None) -> Selector | None:
         if s is None:
             return None
-        return replace(s, metric=m(s.metric), where={m(k): v for k, v in s.where.items()})
+        return replace(s, metric=m_opt(s.metric), where={m(k): v for k, v in s.where.items()})
 
     stat = replace(st, metric=m(st.metric) or st.metric, x_metric=m(st.x_metric) or st.x_metric,
-                   x_value=m(st.x_value), a=sel(st.a),
-                   b=sel(st.b), objective=m(st.objective))
+                   x_value=m_opt(st.x_value), a=sel(st.a),
+                   b=sel(st.b), objective=m_opt(st.objective))
     return replace(claim, statistic=stat, agreement=budget.agreements.get(claim.id, claim.agreement))
 
 

@@ -232,8 +232,7 @@ def trial_steps(sweep: Sweep, arm: Arm) -> list[int | None]:
     base = merge_raw(sweep.base, arm.overrides)
     steps = (base.get("train") or {}).get("max_steps")
     if arm.grid is not None:
-        return [int(p.get("train.max_steps", steps)) if p.get("train.max_steps", steps) is not None else None
-                for p in arm.grid]
+        return [int(v) if (v := p.get("train.max_steps", steps)) is not None else None for p in arm.grid]
     return [steps] * arm.budget
 
 

@@ -120,6 +120,7 @@ def claim_plot(paper: str, r: ClaimResult) -> Plot | None:
         left.set_xlabel(st.metric)
         left.invert_yaxis()
     elif st.kind in ("spread", "trend"):
+        assert st.over is not None  # Statistic.validate: spread and trend statistics name their grid key
         xs = np.array([_num(c.params.get(st.over)) for c in cells])
         vals = np.array([c.value for c in cells])
         err = np.array([[c.value - c.lo, c.hi - c.value] for c in cells]).T
@@ -189,6 +190,7 @@ def claims_table(results: list[ClaimResult]) -> Table:
     rows = []
     for r in results:
         c = r.claim
+        assert c.statistic is not None  # load_claims: a claim with an experiment has a statistic and an agreement
         rows.append([c.id, c.claim, f"{c.source}: {c.paper_numbers}", statistic_words(c.statistic),
                      interval_text(r.value, r.lo, r.hi), c.agreement.words() if c.agreement else "",
                      VERDICT_MARK.get(r.verdict, r.verdict)])
@@ -199,6 +201,7 @@ def claims_table(results: list[ClaimResult]) -> Table:
 
 def _claim_section(paper: str, r: ClaimResult) -> Section:
     c = r.claim
+    assert c.statistic is not None and c.agreement is not None  # load_claims: a claim with an experiment has both
     sec = Section(f"Claim {c.id}: {c.claim}")
     sec.text.append(f"Paper: {c.source}. {c.paper_numbers}")
     if c.deviation:

@@ -88,7 +88,7 @@ def build_dir(target: Path, builder: Callable[[Path], None]) -> Path:
     return target
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write_bytes(path: Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -206,6 +206,16 @@ def segment_rows(batch: Batch, name: str) -> Batch:
                  batch.idx, batch.label)
 
 
+class StepStatisticsAdapter(Protocol):
+    """The optional capability of a :class:`MethodAdapter` whose objective needs statistics of the
+    whole step (KTO's z0): per-micro-batch sums over its ``step_statistics_segments``."""
+
+    step_statistics_segments: tuple[str, ...]
+
+    def step_statistics(self, hp: Any, policy: dict[str, Any],
+                        reference: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]: ...
+
+
 @torch.no_grad()
 def step_statistics(adapter: MethodAdapter, hp: Any, model: Any, batches: list[Batch],
                     given: list[dict[str, torch.Tensor] | None], accelerator: Any | None,
@@ -216,10 +226,12 @@ def step_statistics(adapter: MethodAdapter, hp: Any, model: Any, batches: list[B
     segs = tuple(getattr(adapter, "step_statistics_segments", ()))
     totals: dict[str, torch.Tensor] = {}
     device = accelerator.device if accelerator is not None else device
+    assert device is not None, "step_statistics needs an accelerator or a device"
     for batch, g in zip(batches, given):
         batch = batch.to(device)
         rows = {s: forward_segments(model, segment_rows(batch, s), adapter.model_kind)[s] for s in segs}
-        for k, v in adapter.step_statistics(hp, rows, _to(g, device)).items():
+        # callers check hasattr(adapter, "step_statistics") first
+        for k, v in cast(StepStatisticsAdapter, adapter).step_statistics(hp, rows, _to(g, device)).items():
             totals[k] = totals.get(k, 0) + v.detach().double()
     # accelerator=None: a statistic of data every process holds whole (held-out evaluation)
     return {f"step:{k}": _all_sum(v, accelerator) if accelerator is not None else v for k, v in sorted(totals.items())}

@@ -59,7 +59,7 @@ from harness.core.contract import MethodAdapter, Normalizer, Rollout, RolloutPla
 from harness.data.batching import Batch, collate
 from harness.modeling.critic import token_values
 from harness.modeling.forward import forward_segments
-from harness.modeling.generation import SamplingParams, generate_batches, prompt_text
+from harness.modeling.generation import Completion, SamplingParams, generate_batches, prompt_text
 from harness.modeling.logprobs import eval_mode
 from harness.training.loop import StepBatches, StopTraining, step_examples
 from harness.training.rewards import AnnotationBudgetExhausted
@@ -164,7 +164,9 @@ class RolloutSource:
             chosen = order[mb * per_mb:(mb + 1) * per_mb]
             per_micro = max(len(chosen) // self.grad_accum, 1)
             micro = [chosen[i * per_micro:(i + 1) * per_micro] for i in range(self.grad_accum)]
-        batches, given, aux = [], [], []
+        batches: list[Batch] = []
+        given: list[dict[str, torch.Tensor] | None] = []
+        aux: list[Batch] = []
         segs = buf["segments"]
         local_tokens = {s: 0 for s in segs}
         for k, m in enumerate(micro):
@@ -268,7 +270,7 @@ class RolloutSource:
         plan = self.plan
         t0 = time.perf_counter()
         prompts: list[Any] = []
-        comps = []
+        comps: list[Completion] = []
         # each chunk of batch_size prompts: its own seed and its own decode (merge=False), so its
         # samples do not depend on the chunks this process also holds (module docstring)
         chunks = self._my_chunks(cycle)
@@ -368,7 +370,8 @@ class RolloutSource:
         t1 = time.perf_counter()
         prefs = self.reward.compare([instr[i] for i in a], [texts[i] for i in a], [texts[j] for j in b])
         metrics["time/scoring_s"] = time.perf_counter() - t1
-        pairs, ties = [], 0
+        pairs: list[dict[str, Any]] = []
+        ties = 0
         base = self.rank * self.rollout_prompts
         for n, (i, j, p) in enumerate(zip(a, b, prefs)):
             if p == 0.5:  # a coin seeded by the prompt's place in the cycle: the same on any process layout

@@ -44,7 +44,7 @@ from harness.modeling.generation import resolve_model_dir
 from harness.modeling.identity import weights_fingerprint
 from harness.store.cache import build_dir, cache_dir
 from harness.store.runs import Heartbeat, Run, atomic_write_text, now
-from harness.training.loop import LoopConfig, OfflineSource, TrainHooks, total_steps_for, train
+from harness.training.loop import LoopConfig, OfflineSource, StepSource, TrainHooks, total_steps_for, train
 from harness.training.online import is_online, setup_online
 from harness.training.refcache import compute_reference_logps, reference_logps
 from harness.training.rewards import check_source
@@ -823,6 +823,7 @@ def execute(spec: RunSpec, hooks: TrainHooks | None = None, tracking: str | None
             online = setup_online(prep, spec, model, accelerator, load_reference=functools.partial(
                 load_model, prep.reference_path, spec, "causal_lm", prep.tokenizer.pad_token_id, with_peft=False)
             ) if is_online(adapter) else None
+            source: StepSource  # rollouts (online) or fixed batches (offline)
             if online is not None:
                 source, critic, total = online.source, online.critic, online.total_steps
             else:

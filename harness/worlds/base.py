@@ -34,7 +34,7 @@ import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 from harness.core.config import DataSpec, RunSpec
 from harness.core.contract import DataKind
@@ -167,7 +167,19 @@ class World(Protocol):
         ...
 
 
-WORLDS: Registry[type] = Registry("world")
+class WorldClass(Protocol):
+    """A registered world class, as ``WORLDS`` holds it: the :class:`World` class attributes, and
+    ``cls(options)`` building the world (:func:`register_world` checks the attributes on import)."""
+
+    name: str
+    description: str
+    base_models: Mapping[str, BaseModel]
+    default_base: str
+
+    def __call__(self, options: WorldOptions) -> World: ...
+
+
+WORLDS: Registry[WorldClass] = Registry("world")
 
 
 def register_world(cls: type) -> type:
@@ -175,9 +187,10 @@ def register_world(cls: type) -> type:
     missing = [a for a in ("name", "description", "base_models", "default_base") if not hasattr(cls, a)]
     if missing:
         raise TypeError(f"world {cls.__name__} lacks {', '.join(missing)}")
-    if cls.base_models and cls.default_base not in cls.base_models:
-        raise TypeError(f"world {cls.__name__}: default_base {cls.default_base!r} is not one of its base_models")
-    WORLDS.register(cls.name)(cls)
+    world = cast(WorldClass, cls)  # its class attributes were checked just above
+    if world.base_models and world.default_base not in world.base_models:
+        raise TypeError(f"world {cls.__name__}: default_base {world.default_base!r} is not one of its base_models")
+    WORLDS.register(world.name)(world)
     return cls
 
 
