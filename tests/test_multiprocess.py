@@ -146,4 +146,6 @@ def test_kto_reference_point_is_a_statistic_of_the_whole_step(tmp_path, tiny_bas
     big, small = rows(8, 1, "big"), rows(4, 2, "small")
     assert all(r["kl"] > 0 for r in big)
     for a, b in zip(big, small):
-        assert b["loss"] == pytest.approx(a["loss"], abs=1e-6) and b["kl"] == pytest.approx(a["kl"], rel=1e-6)
+        # z0 per micro-batch moves the loss by ~3e-5 (the 0.497412 vs 0.497441); fp32 sums in
+        # another order move z0 (~5.7) by up to ~7e-6 (seen on CI), hence the kl tolerance
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-6) and b["kl"] == pytest.approx(a["kl"], rel=1e-5)
