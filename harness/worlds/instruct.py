@@ -38,7 +38,7 @@ from harness.core.contract import DataKind
 from harness.data.mixture import CatalogTask
 from harness.store.cache import build_dir
 from harness.worlds import instruct_content as ic
-from harness.worlds._common import build_tokenizer, read_jsonl, write_jsonl
+from harness.worlds._common import build_tokenizer, built_split_path, read_jsonl, write_jsonl
 from harness.worlds.base import (
     BaseModel,
     LMEvalTasks,
@@ -48,7 +48,6 @@ from harness.worlds.base import (
     register_world,
     world_cache_dir,
 )
-from harness.worlds.toy import unpaired_split
 
 #: bump when this wrapper changes what it writes (file layout, row order, sizes); the
 #: content's own CONTENT_VERSION is part of every cache key as well
@@ -319,20 +318,7 @@ class InstructWorld:
         }
 
     def split_path(self, split: str) -> Path:
-        if split == "unpaired":
-            return self._unpaired_path()
-        if split not in self.splits():
-            raise WorldError(f"world {self.name!r} has no split {split!r}; choose from: {', '.join(self.splits())}")
-        return self.root / "data" / f"{split}.jsonl"
-
-    def _unpaired_path(self) -> Path:
-        frac = self.options.desirable_fraction
-        path = self.root / "data" / f"unpaired-d{frac:.2f}.jsonl"
-        if not path.exists():
-            paired = read_jsonl(self.split_path("paired"))
-            rows = unpaired_split(paired, frac, self.options.seed)
-            write_jsonl(path, rows)
-        return path
+        return built_split_path(self, split)
 
     def constitution_path(self) -> Path:
         """The Constitutional AI principles (YAML: ``principles: [{name, critique_request,

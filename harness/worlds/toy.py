@@ -29,12 +29,11 @@ from typing import Any
 
 from harness.core.contract import DataKind
 from harness.store.cache import build_dir
-from harness.worlds._common import build_tokenizer, read_jsonl, write_jsonl
+from harness.worlds._common import build_tokenizer, built_split_path, read_jsonl, write_jsonl
 from harness.worlds.base import (
     BaseModel,
     LMEvalTasks,
     Scorer,
-    WorldError,
     WorldOptions,
     register_world,
     world_cache_dir,
@@ -166,26 +165,6 @@ def generate_splits(seed: int, size: int) -> dict[str, list[dict[str, Any]]]:
     prompts = [{"prompt": _prompt(*rng.choice(train_combos))} for _ in range(size)]
     eval_prompts = [{"prompt": _prompt(t, s)} for t, s in eval_combos]
     return {"sft": sft, "paired": paired, "prompts": prompts, "eval_prompts": eval_prompts}
-
-
-def unpaired_split(paired: list[dict[str, Any]], desirable_fraction: float, seed: int) -> list[dict[str, Any]]:
-    """KTO data from the preference split: chosen -> desirable, rejected -> undesirable,
-    keeping ``desirable_fraction`` of the rows desirable (the KTO paper's data-imbalance ablation)."""
-    if not 0.0 < desirable_fraction < 1.0:
-        raise ValueError(f"data.desirable_fraction must be in (0, 1), got {desirable_fraction}")
-    rng = random.Random(seed + 17)
-    n = len(paired)
-    n_des = round(n * desirable_fraction)
-    order = list(range(n))
-    rng.shuffle(order)
-    rows = []
-    for k, i in enumerate(order):
-        row = paired[i]
-        desirable = k < n_des
-        rows.append({"prompt": row["prompt"], "completion": row["chosen" if desirable else "rejected"], "label": desirable})
-    rng.shuffle(rows)
-    return rows
-
 
 
 # --------------------------------------------------------------------------- held-out pairs and lm-eval tasks
@@ -334,18 +313,7 @@ class ToyWorld:
         }
 
     def split_path(self, split: str) -> Path:
-        if split == "unpaired":
-            return self._unpaired_path()
-        if split not in self.splits():
-            raise WorldError(f"world {self.name!r} has no split {split!r}; choose from: {', '.join(self.splits())}")
-        return self.root / "data" / f"{split}.jsonl"
-
-    def _unpaired_path(self) -> Path:
-        frac = self.options.desirable_fraction
-        path = self.root / "data" / f"unpaired-d{frac:.2f}.jsonl"
-        if not path.exists():
-            write_jsonl(path, unpaired_split(read_jsonl(self.split_path("paired")), frac, self.options.seed))
-        return path
+        return built_split_path(self, split)
 
     def data_path(self, kind: DataKind) -> Path:
         split = {DataKind.SFT: "sft", DataKind.PAIRED: "paired", DataKind.UNPAIRED: "unpaired",
