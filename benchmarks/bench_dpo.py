@@ -457,6 +457,15 @@ def spawn(job: dict[str, Any], work: Path, label: str, env_extra: dict[str, str]
     return dict(json.loads(Path(job["result"]).read_text()))
 
 
+def write_results(results: Path, name: str, record: dict[str, Any], quick: bool = False) -> Path:
+    """The numbers with their settings, as ``<results>/<name>-<time>[-quick].json`` (git-ignored)."""
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if quick else ''}.json"
+    out.write_text(json.dumps(record, indent=1))
+    print(f"numbers written to {out}")
+    return out
+
+
 def _fmt(x: float, spec: str = ".1f") -> str:
     return "n/a" if x != x else format(x, spec)  # NaN when memory cannot be measured
 
@@ -675,10 +684,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"benchmark took {total:.0f} s; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end "
               f"on {os.cpu_count()} CPUs")
         report = _report(args, meta, rows, live, timed, verdicts, sweeps, sweep, load_start, load_end, total)
-        args.results.mkdir(parents=True, exist_ok=True)
-        out = args.results / f"bench_dpo-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
-        out.write_text(json.dumps(report, indent=1))
-        print(f"numbers written to {out}")
+        write_results(args.results, "bench_dpo", report, args.quick)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

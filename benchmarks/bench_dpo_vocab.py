@@ -30,12 +30,10 @@ and CPU time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -145,12 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Same token ids in both trainers: {'yes' if same else 'NO'}")
         load1 = os.getloadavg()
         print(f"load average {load0[0]:.1f} at start, {load1[0]:.1f} at end on {os.cpu_count()} CPUs")
-        args.results.mkdir(parents=True, exist_ok=True)
-        out = args.results / f"bench_dpo_vocab-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
-        out.write_text(json.dumps({"vocab": args.vocab, "max_length": max_length, "pairs": pairs,
-                                   "batch_pairs": BATCH_PAIRS, "precision": args.precision, "runs": rows,
-                                   "ratios": verdicts, "loadavg": [load0[0], load1[0]]}, indent=1))
-        print(f"numbers written to {out}")
+        bench_dpo.write_results(args.results, "bench_dpo_vocab", {
+            "vocab": args.vocab, "max_length": max_length, "pairs": pairs, "batch_pairs": BATCH_PAIRS,
+            "precision": args.precision, "runs": rows, "ratios": verdicts, "loadavg": [load0[0], load1[0]]}, args.quick)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -439,10 +439,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"benchmark took {total:.0f} s; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end "
               f"on {os.cpu_count()} CPUs" + (f"; ours from {args.code}" if args.code else ""))
         report = _report(args, meta, rows, mem_rows, runs, verdicts, load_start, load_end, total)
-        args.results.mkdir(parents=True, exist_ok=True)
-        out = args.results / f"bench_grpo-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
-        out.write_text(json.dumps(report, indent=1))
-        print(f"numbers written to {out}")
+        from bench_dpo import write_results
+
+        write_results(args.results, "bench_grpo", report, args.quick)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

@@ -81,10 +81,10 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from harness.core.config import load_spec
-    from harness.core.contract import METHODS, load_methods
+    from harness.core.contract import METHODS, SEGMENTS, load_methods
     from harness.modeling.forward import ForwardOptions, set_defaults
     from harness.store.runs import Run
-    from harness.training.loop import LoopConfig, TrainHooks, train
+    from harness.training.loop import LoopConfig, OfflineSource, TrainHooks, train
     from harness.training.runner import make_accelerator
 
     load_methods()
@@ -112,9 +112,11 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     cuda = accelerator.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    result = train(adapter=METHODS.get("sft"), hp=METHODS.get("sft").config_cls(), model=model,
-                   accelerator=accelerator, cfg=loop, train_examples=examples, eval_examples=[], pad_id=0,
-                   reference=None, eval_reference=None, run=run, hooks=hooks)
+    sft = METHODS.get("sft")
+    source = OfflineSource(examples, None, SEGMENTS[sft.data_kind], pad_id=0, batch_size=job["batch"], grad_accum=1,
+                           processes=1, rank=0, seed=0)
+    result = train(adapter=sft, hp=sft.config_cls(), model=model, accelerator=accelerator, cfg=loop, source=source,
+                   eval_examples=[], pad_id=0, eval_reference=None, run=run, hooks=hooks)
     wall, cpu = time.perf_counter() - marks["t"], time.process_time() - marks["c"]
     real = sum(len(e["segments"]["completion"]["input_ids"]) for e in examples[:steps * job["batch"]])
     return {"packing": job["packing"], "losses": result.losses, "tokens": real, "loop_s": wall, "loop_cpu_s": cpu,
@@ -201,13 +203,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{'PASS' if ok else 'MISS'}); largest per-step loss difference {diff:.2e} over {len(padded['losses'])} steps")
     load1 = os.getloadavg()
     print(f"load average {load0[0]:.1f} at start, {load1[0]:.1f} at end on {os.cpu_count()} CPUs")
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"bench_sft_packing-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
-    out.write_text(json.dumps({"sequences": n, "batch": args.batch, "precision": args.precision,
-                               "histogram": ALPACA_LENGTHS, "padding_waste": waste, "packed_waste": waste_packed,
-                               "padded": padded, "packed": packed, "speed_ratio": speed, "cpu_speed_ratio": cpu,
-                               "max_loss_diff": diff, "loadavg": [load0[0], load1[0]]}, indent=1))
-    print(f"numbers written to {out}")
+    from bench_dpo import write_results
+
+    write_results(args.results, "bench_sft_packing", {
+        "sequences": n, "batch": args.batch, "precision": args.precision, "histogram": ALPACA_LENGTHS,
+        "padding_waste": waste, "packed_waste": waste_packed, "padded": padded, "packed": packed,
+        "speed_ratio": speed, "cpu_speed_ratio": cpu, "max_loss_diff": diff, "loadavg": [load0[0], load1[0]]}, args.quick)
 
 
 if __name__ == "__main__":

@@ -217,11 +217,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {t['method']:<6} final loss {t['final_loss']:.4f}  " + json.dumps(t["results"], sort_keys=True))
     load1 = os.getloadavg()
     print(f"load average {load0[0]:.1f} at start, {load1[0]:.1f} at end on {os.cpu_count()} CPUs")
-    args.results.mkdir(parents=True, exist_ok=True)
-    out = args.results / f"bench_sweep_overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"code": str(args.code), "trials": trials, "summary": summary,
-                               "loadavg": [load0[0], load1[0]], "steps": args.steps}, indent=1))
-    print(f"numbers written to {out}")
+    from bench_dpo import write_results
+
+    write_results(args.results, "bench_sweep_overhead", {"code": str(args.code), "trials": trials, "summary": summary,
+                                                         "loadavg": [load0[0], load1[0]], "steps": args.steps})
 
 
 if __name__ == "__main__":
