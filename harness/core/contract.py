@@ -147,18 +147,8 @@ class Rollout:
     all_reduce: Any = None
 
 
-@runtime_checkable
-class MethodAdapter(Protocol):
-    """A method: capability attributes the core reads, and an objective on log-probs.
-
-    Optional capabilities (class attributes, default off): ``token_level = True`` asks for
-    per-token log-probs (``SeqOut.token_logps``); an *online* method (``data_kind = PROMPT``)
-    also defines ``rollout_plan(hp) -> RolloutPlan`` and, for scalar rewards,
-    ``advantages(hp, rollout, state) -> dict[str, Tensor]`` (per sample tensors handed to
-    ``objective`` as its third argument, sliced per micro-batch; ``state`` is a dict kept
-    across rollouts and saved in checkpoints, e.g. an adaptive KL coefficient).  For offline
-    methods the third argument holds the cached reference log-probs.
-    """
+class MethodDeclarations(Protocol):
+    """What every method declares, trained by one objective or run as a pipeline of stages."""
 
     name: ClassVar[str]
     paper: ClassVar[Paper]
@@ -172,6 +162,20 @@ class MethodAdapter(Protocol):
         """Default Optuna search space: ``{"method.beta": trial.suggest_float(...)}``."""
         ...
 
+
+@runtime_checkable
+class MethodAdapter(MethodDeclarations, Protocol):
+    """A method: capability attributes the core reads, and an objective on log-probs.
+
+    Optional capabilities (class attributes, default off): ``token_level = True`` asks for
+    per-token log-probs (``SeqOut.token_logps``); an *online* method (``data_kind = PROMPT``)
+    also defines ``rollout_plan(hp) -> RolloutPlan`` and, for scalar rewards,
+    ``advantages(hp, rollout, state) -> dict[str, Tensor]`` (per sample tensors handed to
+    ``objective`` as its third argument, sliced per micro-batch; ``state`` is a dict kept
+    across rollouts and saved in checkpoints, e.g. an adaptive KL coefficient).  For offline
+    methods the third argument holds the cached reference log-probs.
+    """
+
     def objective(
         self,
         hp: Any,
@@ -182,18 +186,9 @@ class MethodAdapter(Protocol):
 
 
 @runtime_checkable
-class PipelineAdapter(Protocol):
+class PipelineAdapter(MethodDeclarations, Protocol):
     """A method whose rounds are stages (``harness.pipelines``): the same declarations as a
     :class:`MethodAdapter`, and ``pipeline(hp, ctx)`` instead of (or beside) an objective."""
-
-    name: ClassVar[str]
-    paper: ClassVar[Paper]
-    data_kind: ClassVar[DataKind]
-    needs_reference: ClassVar[bool]
-    model_kind: ClassVar[str]
-    config_cls: ClassVar[type]
-
-    def search_space(self, trial: Any) -> dict[str, Any]: ...
 
     def pipeline(self, hp: Any, ctx: Any) -> Any: ...
 
